@@ -1,0 +1,587 @@
+//! The configuration file: parsed, checked and resolved before anything starts.
+//!
+//! Every mistake an operator can make here ends in one message that names the key
+//! (and the client, where it is a client's) and says what is expected. A key the
+//! host does not know is an error, never silently ignored. Paths are resolved
+//! against the config file's folder so the host behaves the same from any working
+//! directory. Nothing here touches the network, the store or the plugins.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::event::KNOWN_EVENTS;
+
+/// The whole configuration, checked and with every default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The folder the config file is in; relative paths were resolved against it.
+    pub base_dir: PathBuf,
+    pub server: Server,
+    pub plugins: Plugins,
+    pub store: Store,
+    pub clients: Vec<Client>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub ingest_token: Option<String>,
+    /// The largest event body accepted, in bytes.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plugins {
+    pub dir: PathBuf,
+    pub limits: PluginLimits,
+}
+
+/// What one plugin call may use. A call that goes over is stopped and recorded as
+/// a plugin error for that delivery alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one call (enforced by epoch interruption).
+    pub deadline: Duration,
+    /// Linear memory a plugin instance may grow to, in bytes.
+    pub memory: usize,
+    /// The largest body a plugin may return, in bytes.
+    pub max_output: usize,
+    /// The most headers a plugin may add.
+    pub max_headers: usize,
+    /// Log lines kept per call (host `log` and captured stdout/stderr together).
+    pub max_log_lines: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            deadline: Duration::from_millis(500),
+            memory: 128 << 20,
+            max_output: 4 << 20,
+            max_headers: 32,
+            max_log_lines: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub path: PathBuf,
+}
+
+/// How deliveries to one client are made. `[delivery]` sets the defaults and every
+/// client may override any key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The waits between attempts: `n` waits mean `n + 1` attempts in all.
+    pub retry_schedule: Vec<Duration>,
+    /// Total time for one attempt, from connecting to the last byte of the answer.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Allow every address, private and loopback ranges included.
+    pub allow_private_networks: bool,
+    /// Networks allowed although they are private, loopback or link-local.
+    pub allowed_networks: Vec<IpNet>,
+    /// Requests to this client in flight at once.
+    pub max_in_flight: usize,
+    /// A client whose deliveries have all failed for this long is disabled.
+    pub disable_after: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        // Svix's schedule: 8 attempts over about 27 hours.
+        let schedule = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"];
+        Delivery {
+            retry_schedule: schedule.iter().map(|s| humantime::parse_duration(s).unwrap()).collect(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            allow_private_networks: false,
+            allowed_networks: Vec::new(),
+            max_in_flight: 16,
+            disable_after: Duration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+/// One client application, with its own delivery settings.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub id: String,
+    pub url: reqwest::Url,
+    /// A file name in `plugins.dir`.
+    pub plugin: Option<String>,
+    /// Empty means every event.
+    pub events: Vec<String>,
+    /// Signing secrets, newest first; each signs every attempt.
+    pub secrets: Vec<Secret>,
+    pub enabled: bool,
+    pub config: Vec<(String, String)>,
+    pub delivery: Delivery,
+    pub limits: PluginLimits,
+}
+
+impl Client {
+    /// Whether this client gets a delivery for an event of this name.
+    pub fn wants(&self, event_name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event_name)
+    }
+}
+
+/// A Standard Webhooks secret: `whsec_` and the base64 of the key.
+#[derive(Clone, PartialEq)]
+pub struct Secret {
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+impl Secret {
+    pub fn parse(text: &str) -> Result<Secret> {
+        use base64::Engine as _;
+        let b64 = text
+            .strip_prefix("whsec_")
+            .ok_or_else(|| anyhow!("a secret starts with `whsec_` followed by base64"))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| anyhow!("the part after `whsec_` is not base64 ({e})"))?;
+        if !(24..=64).contains(&key.len()) {
+            bail!("the key is {} bytes; Standard Webhooks wants 24 to 64", key.len());
+        }
+        Ok(Secret { key })
+    }
+}
+
+// ---- The file as written -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    plugins: RawPlugins,
+    store: RawStore,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    clients: Vec<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    ingest_token: Option<String>,
+    max_body: Option<ByteSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    dir: PathBuf,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: PathBuf,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    retry_schedule: Option<Vec<HumanDuration>>,
+    timeout: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
+    allow_private_networks: Option<bool>,
+    allowed_networks: Option<Vec<String>>,
+    max_in_flight: Option<usize>,
+    disable_after: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    deadline: Option<HumanDuration>,
+    memory: Option<ByteSize>,
+    max_output: Option<ByteSize>,
+    max_headers: Option<usize>,
+    max_log_lines: Option<usize>,
+}
+
+/// A client's own keys. Delivery keys (`timeout`, …) and `[clients.limits]` are
+/// read from what is left, so both lists are written once.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    id: String,
+    url: String,
+    plugin: Option<String>,
+    #[serde(default)]
+    events: Vec<String>,
+    secret: Option<OneOrMany>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A duration written the human way: `"5s"`, `"30m"`, `"2h"`, `"1day"`.
+#[derive(Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\" or \"5m\" ({e})")))
+    }
+}
+
+/// A size: a whole number of bytes, or a string such as `"64MiB"` or `"512KiB"`.
+#[derive(Clone, Copy)]
+struct ByteSize(usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(usize),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size like \"64MiB\""))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => return Err(format!("`{other}` in `{s}` is not a unit (B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+// ---- Loading ---------------------------------------------------------------------
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let base_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Config::parse(&text, &base_dir).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Checks `text` as a config file in folder `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("{}", one_line(&e.to_string())))?;
+
+        let listen = raw.server.listen.parse::<SocketAddr>().map_err(|_| {
+            anyhow!("server.listen = {:?} is not an address like \"127.0.0.1:8080\"", raw.server.listen)
+        })?;
+        if let Some(t) = &raw.server.ingest_token
+            && t.is_empty()
+        {
+            bail!("server.ingest_token is empty: remove the key or give it a value");
+        }
+        let server = Server {
+            listen,
+            ingest_token: raw.server.ingest_token,
+            max_body: raw.server.max_body.map_or(1 << 20, |b| b.0),
+        };
+
+        let limits = apply_limits(&PluginLimits::default(), &raw.plugins.limits, "plugins.limits")?;
+        let plugins = Plugins { dir: base_dir.join(&raw.plugins.dir), limits };
+        let store = Store { path: base_dir.join(&raw.store.path) };
+        let delivery = apply_delivery(&Delivery::default(), &raw.delivery, "delivery")?;
+
+        let mut clients: Vec<Client> = Vec::new();
+        for (i, table) in raw.clients.into_iter().enumerate() {
+            let client = parse_client(i, table, &delivery, &plugins.limits)?;
+            if clients.iter().any(|c| c.id == client.id) {
+                bail!("clients: two clients have the id {:?}; ids must be unique", client.id);
+            }
+            clients.push(client);
+        }
+        Ok(Config { base_dir: base_dir.to_path_buf(), server, plugins, store, clients })
+    }
+
+    pub fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.iter().find(|c| c.id == id)
+    }
+}
+
+/// toml's messages span several lines with a source excerpt; keep the first line
+/// and the position so the error stays one line.
+fn one_line(msg: &str) -> String {
+    let mut lines = msg.lines().filter(|l| !l.trim().is_empty());
+    let head = lines.next().unwrap_or("invalid TOML").trim().trim_start_matches("TOML parse error ");
+    let detail = msg.lines().last().unwrap_or("").trim();
+    if detail.is_empty() || head.contains(detail) { head.to_string() } else { format!("{head}: {detail}") }
+}
+
+const DELIVERY_KEYS: &[&str] = &[
+    "retry_schedule",
+    "timeout",
+    "connect_timeout",
+    "allow_private_networks",
+    "allowed_networks",
+    "max_in_flight",
+    "disable_after",
+];
+
+fn parse_client(index: usize, mut table: toml::Table, base: &Delivery, limits: &PluginLimits) -> Result<Client> {
+    let name = match table.get("id") {
+        Some(toml::Value::String(s)) => format!("client {s:?}"),
+        _ => format!("clients[{index}]"),
+    };
+    // Split off the delivery overrides, then read the rest strictly.
+    let mut overrides = toml::Table::new();
+    for key in DELIVERY_KEYS {
+        if let Some(v) = table.remove(*key) {
+            overrides.insert(key.to_string(), v);
+        }
+    }
+    let raw: RawClient = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow!("{name}: {}", one_line(&e.to_string())))?;
+    let over: RawDelivery = toml::Value::Table(overrides)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow!("{name}: {}", one_line(&e.to_string())))?;
+
+    if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("{name}: id {:?} must be non-empty and use only letters, digits, `-`, `_` and `.`", raw.id);
+    }
+    let url = reqwest::Url::parse(&raw.url).map_err(|e| anyhow!("{name}: url {:?} is not a URL ({e})", raw.url))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        bail!("{name}: url {:?} must be an http:// or https:// URL with a host", raw.url);
+    }
+    if let Some(p) = &raw.plugin
+        && (p.contains('/') || p.contains('\\') || !p.ends_with(".wasm"))
+    {
+        bail!("{name}: plugin {p:?} must be a file name ending in .wasm inside plugins.dir (no folders)");
+    }
+    for e in &raw.events {
+        if !KNOWN_EVENTS.contains(&e.as_str()) {
+            bail!("{name}: events names {e:?}, which Phraseanet does not send; known events: {}", KNOWN_EVENTS.join(", "));
+        }
+    }
+    let secrets = match raw.secret {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    }
+    .iter()
+    .map(|s| Secret::parse(s).map_err(|e| anyhow!("{name}: secret: {e}")))
+    .collect::<Result<Vec<_>>>()?;
+    let mut config = Vec::new();
+    for (k, v) in raw.config {
+        let v = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => v.to_string(),
+            _ => bail!("{name}: config.{k} must be a string, number or boolean (plugins get strings)"),
+        };
+        config.push((k, v));
+    }
+    Ok(Client {
+        delivery: apply_delivery(base, &over, &name)?,
+        limits: apply_limits(limits, &raw.limits, &format!("{name}: limits"))?,
+        id: raw.id,
+        url,
+        plugin: raw.plugin,
+        events: raw.events,
+        secrets,
+        enabled: raw.enabled.unwrap_or(true),
+        config,
+    })
+}
+
+fn apply_delivery(base: &Delivery, raw: &RawDelivery, ctx: &str) -> Result<Delivery> {
+    let mut d = base.clone();
+    if let Some(s) = &raw.retry_schedule {
+        d.retry_schedule = s.iter().map(|h| h.0).collect();
+    }
+    if let Some(t) = raw.timeout {
+        d.timeout = t.0;
+    }
+    if let Some(t) = raw.connect_timeout {
+        d.connect_timeout = t.0;
+    }
+    if let Some(b) = raw.allow_private_networks {
+        d.allow_private_networks = b;
+    }
+    if let Some(nets) = &raw.allowed_networks {
+        d.allowed_networks = nets
+            .iter()
+            .map(|n| {
+                n.parse::<IpNet>()
+                    .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| anyhow!("{ctx}: allowed_networks: {n:?} is not a network like \"127.0.0.0/8\""))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if let Some(n) = raw.max_in_flight {
+        d.max_in_flight = n;
+    }
+    if let Some(t) = raw.disable_after {
+        d.disable_after = t.0;
+    }
+    if d.timeout.is_zero() || d.connect_timeout.is_zero() {
+        bail!("{ctx}: timeout and connect_timeout must be more than zero");
+    }
+    if d.max_in_flight == 0 {
+        bail!("{ctx}: max_in_flight must be at least 1");
+    }
+    Ok(d)
+}
+
+fn apply_limits(base: &PluginLimits, raw: &RawLimits, ctx: &str) -> Result<PluginLimits> {
+    let mut l = base.clone();
+    if let Some(d) = raw.deadline {
+        l.deadline = d.0;
+    }
+    if let Some(m) = raw.memory {
+        l.memory = m.0;
+    }
+    if let Some(m) = raw.max_output {
+        l.max_output = m.0;
+    }
+    if let Some(n) = raw.max_headers {
+        l.max_headers = n;
+    }
+    if let Some(n) = raw.max_log_lines {
+        l.max_log_lines = n;
+    }
+    if l.deadline < Duration::from_millis(10) {
+        bail!("{ctx}: deadline must be at least 10ms (the host checks it every 10ms)");
+    }
+    if l.memory < (1 << 20) {
+        bail!("{ctx}: memory must be at least 1MiB");
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        [plugins]
+        dir = "plugins-enabled"
+        [store]
+        path = "data/hookwasm.db"
+    "#;
+
+    fn parse(extra: &str) -> Result<Config> {
+        Config::parse(&format!("{MINIMAL}\n{extra}"), Path::new("/etc/hookwasm"))
+    }
+
+    fn err(extra: &str) -> String {
+        format!("{:#}", parse(extra).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.plugins.dir, Path::new("/etc/hookwasm/plugins-enabled"));
+        assert_eq!(c.store.path, Path::new("/etc/hookwasm/data/hookwasm.db"));
+        assert_eq!(c.server.max_body, 1 << 20);
+        assert!(c.clients.is_empty());
+    }
+
+    #[test]
+    fn client_overrides_delivery_keys() {
+        let c = parse(
+            r##"
+            [delivery]
+            timeout = "10s"
+            allowed_networks = ["127.0.0.0/8"]
+            [[clients]]
+            id = "a"
+            url = "http://127.0.0.1:9/x"
+            timeout = "2s"
+            retry_schedule = ["1s"]
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            [clients.config]
+            channel = "#press"
+            n = 3
+            "##,
+        )
+        .unwrap();
+        let a = &c.clients[0];
+        assert_eq!(a.delivery.timeout, Duration::from_secs(2));
+        assert_eq!(a.delivery.retry_schedule, vec![Duration::from_secs(1)]);
+        assert_eq!(a.delivery.allowed_networks.len(), 1);
+        assert_eq!(a.config, vec![("channel".into(), "#press".into()), ("n".into(), "3".into())]);
+        assert_eq!(a.secrets.len(), 1);
+        assert!(a.wants("record.created"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert!(err("[server2]\nx=1").contains("server2"), "{}", err("[server2]\nx=1"));
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\ntimout=\"1s\"");
+        assert!(e.contains("timout") && e.contains("client \"a\""), "{e}");
+        let e = err("[delivery]\nretry_shedule=[]");
+        assert!(e.contains("retry_shedule"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_say_what_is_expected() {
+        assert!(err("[delivery]\ntimeout = \"soon\"").contains("not a duration"));
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"ftp://x.org\"");
+        assert!(e.contains("http://"), "{e}");
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nsecret=\"abc\"");
+        assert!(e.contains("whsec_"), "{e}");
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nevents=[\"new_feed_entries\"]");
+        assert!(e.contains("new_feed_entries") && e.contains("known events"), "{e}");
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\n[[clients]]\nid=\"a\"\nurl=\"http://y.org\"");
+        assert!(e.contains("unique"), "{e}");
+        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nplugin=\"../x.wasm\"");
+        assert!(e.contains("file name"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("512 KiB").unwrap(), 512 << 10);
+        assert!(parse_size("lots").is_err());
+    }
+}

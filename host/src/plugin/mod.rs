@@ -1,0 +1,424 @@
+//! The one door to wasmtime: load, check and call plugin components.
+//!
+//! Nothing else in the host touches `Engine`, `Store` or `Linker`. A [`Runtime`]
+//! owns the engine (with epoch interruption, ticked every [`TICK`] by a thread of
+//! its own) and one linker per supported world version. [`Runtime::load`] compiles
+//! a component and checks it against the world it targets, so a plugin that does
+//! not fit is refused at load, never at call. [`Runtime::call`] runs one plugin on
+//! one event under the client's limits: a deadline, a memory cap, bounded output
+//! and bounded logging. Any failure is a typed [`PluginError`] for that call only.
+//!
+//! Sandbox: WASI is linked because every toolchain's standard library imports it,
+//! but the context is deny-all: no preopened directory, no socket, no name lookup,
+//! no environment or arguments, stdin closed; stdout and stderr are captured, cut
+//! to a few KiB, and written to the host log with the plugin's tag.
+//!
+//! World versions live in submodules (`v0_1`, …), one `bindgen!` each, and
+//! [`Bindings`] dispatches on the version a component exports, so a plugin built
+//! against an old version keeps working when the world grows.
+//!
+//! Not here: which file serves which client, and hot reload (`registry`).
+
+mod capture;
+pub mod registry;
+mod v0_1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::PluginLimits;
+use crate::event::Event;
+
+use capture::Capture;
+
+/// How often the engine's epoch advances: the resolution of plugin deadlines.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Bytes of stdout/stderr kept per call; the rest is dropped.
+const CAPTURE_BYTES: usize = 4096;
+
+/// The world versions this host can run, newest last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorldVersion {
+    V0_1,
+}
+
+impl WorldVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorldVersion::V0_1 => "0.1.0",
+        }
+    }
+
+    /// The export that marks a component as targeting this version.
+    fn handler_export(self) -> &'static str {
+        match self {
+            WorldVersion::V0_1 => "hookwasm:plugin/handler@0.1.0",
+        }
+    }
+
+    const ALL: &'static [WorldVersion] = &[WorldVersion::V0_1];
+}
+
+/// A compiled plugin, checked against its world, ready to call. Cheap to share:
+/// in-flight calls keep the version they started with alive after a reload.
+pub struct Plugin {
+    /// The file name in `plugins.dir`.
+    pub file: String,
+    /// The first 16 hex digits of the SHA-256 of the file: the plugin's version.
+    pub hash: String,
+    pub world: WorldVersion,
+    /// What the component imports, by name.
+    pub imports: Vec<String>,
+    bindings: Bindings,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({} {} world {})", self.file, self.hash, self.world.as_str())
+    }
+}
+
+enum Bindings {
+    V0_1(v0_1::PluginPre<HostState>),
+}
+
+/// The client a call is made for.
+pub struct CallContext<'a> {
+    pub client_id: &'a str,
+    pub config: &'a [(String, String)],
+    pub limits: &'a PluginLimits,
+}
+
+/// What a plugin decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Deliver(Rendered),
+    Skip(String),
+}
+
+/// A request body and headers as a plugin rendered them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly component: {0}")]
+    NotComponent(String),
+    #[error("does not export a supported plugin world (found exports: {found}; supported: {supported})")]
+    NoWorld { found: String, supported: String },
+    #[error("does not fit world {version}: {reason}")]
+    Mismatch { version: &'static str, reason: String },
+}
+
+/// Why one call did not produce a verdict. The delivery is held, never sent raw.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PluginError {
+    #[error("the plugin says the event is invalid: {0}")]
+    InvalidEvent(String),
+    #[error("the plugin says the client's config is invalid: {0}")]
+    InvalidConfig(String),
+    #[error("the plugin failed: {0}")]
+    Failed(String),
+    #[error("the plugin ran past its deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("the plugin tried to grow its memory past the cap of {0} bytes")]
+    Memory(usize),
+    #[error("the plugin trapped: {0}")]
+    Trap(String),
+    #[error("the plugin's answer was refused: {0}")]
+    BadOutput(String),
+}
+
+impl PluginError {
+    /// A short machine-readable kind, as stored with the delivery.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::InvalidEvent(_) => "invalid-event",
+            PluginError::InvalidConfig(_) => "invalid-config",
+            PluginError::Failed(_) => "failed",
+            PluginError::Deadline(_) => "deadline",
+            PluginError::Memory(_) => "memory",
+            PluginError::Trap(_) => "trap",
+            PluginError::BadOutput(_) => "bad-output",
+        }
+    }
+}
+
+/// Per-call state inside a `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    log: LogTag,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Caps linear memory and remembers that it did, so the trap that follows is
+/// reported as a memory error rather than whatever the guest did on failure.
+struct Limiter {
+    memory: usize,
+    hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Tags and counts a call's log lines.
+struct LogTag {
+    client: String,
+    plugin: String,
+    lines: usize,
+    max: usize,
+    dropped: usize,
+}
+
+impl LogTag {
+    fn emit(&mut self, level: tracing::Level, message: &str) {
+        if self.lines >= self.max {
+            self.dropped += 1;
+            return;
+        }
+        self.lines += 1;
+        let message: String = message.chars().take(2000).collect();
+        let (client, plugin) = (&self.client, &self.plugin);
+        match level {
+            tracing::Level::ERROR => tracing::error!(target: "plugin", client, plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "plugin", client, plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "plugin", client, plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "plugin", client, plugin, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(target: "plugin", client, plugin, "{message}"),
+        }
+    }
+}
+
+/// The engine, its epoch ticker and a linker per world version.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new() -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        v0_1::add_to_linker(&mut linker)?;
+
+        // The ticker holds only a weak claim: it stops when the runtime is dropped.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (e, s) = (engine.weak(), stop.clone());
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                match e.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(Runtime { engine, linker, stop })
+    }
+
+    /// Compiles `bytes` (the file `file`) and checks it against the world it
+    /// targets. Slow (tens of ms for Rust, seconds for Python): never call it on an
+    /// async worker.
+    pub fn load(&self, file: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        let hash = content_hash(bytes);
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let msg = format!("{e:#}");
+            if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                LoadError::NotComponent(
+                    "it is a core WebAssembly module; build it as a component (wasm32-wasip2, componentize-py, componentize-js)".into(),
+                )
+            } else {
+                LoadError::NotComponent(one_line(&msg))
+            }
+        })?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let world = WorldVersion::ALL
+            .iter()
+            .copied()
+            .find(|v| exports.iter().any(|e| e == v.handler_export()))
+            .ok_or_else(|| LoadError::NoWorld {
+                found: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+                supported: WorldVersion::ALL.iter().map(|v| v.handler_export()).collect::<Vec<_>>().join(", "),
+            })?;
+        let mismatch = |e: wasmtime::Error| LoadError::Mismatch { version: world.as_str(), reason: one_line(&format!("{e:#}")) };
+        let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let bindings = match world {
+            WorldVersion::V0_1 => Bindings::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?),
+        };
+        Ok(Plugin { file: file.to_string(), hash, world, imports, bindings })
+    }
+
+    /// Runs `plugin` on `event` for one client. Blocks for at most about the
+    /// client's deadline: run it off the async workers.
+    pub fn call(&self, plugin: &Plugin, event: &Event, cx: &CallContext<'_>) -> Result<Verdict, PluginError> {
+        let limits = cx.limits;
+        let stdout = Capture::new(CAPTURE_BYTES);
+        let stderr = Capture::new(CAPTURE_BYTES);
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter { memory: limits.memory, hit: false },
+            log: LogTag {
+                client: cx.client_id.to_string(),
+                plugin: format!("{}@{}", plugin.file, plugin.hash),
+                lines: 0,
+                max: limits.max_log_lines,
+                dropped: 0,
+            },
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = limits.deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+
+        let result = match &plugin.bindings {
+            Bindings::V0_1(pre) => v0_1::call(pre, &mut store, event, cx),
+        };
+
+        let state = store.data_mut();
+        for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
+            for line in cap.take_lines() {
+                state.log.emit(tracing::Level::INFO, &format!("{name}: {line}"));
+            }
+        }
+        if state.log.dropped > 0 {
+            let n = state.log.dropped;
+            state.log.lines = 0;
+            state.log.emit(tracing::Level::WARN, &format!("{n} more log lines dropped (limit {})", state.log.max));
+        }
+        let memory_hit = state.limiter.hit;
+
+        let verdict = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err(plugin_err)) => return Err(plugin_err),
+            Err(trap) => {
+                return Err(if memory_hit {
+                    PluginError::Memory(limits.memory)
+                } else if matches!(trap.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                    PluginError::Deadline(limits.deadline)
+                } else {
+                    PluginError::Trap(one_line(&format!("{trap:#}")))
+                });
+            }
+        };
+        check_output(verdict, limits)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Headers the host sets itself; a plugin may not.
+const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection"];
+
+fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, PluginError> {
+    let Verdict::Deliver(r) = &verdict else { return Ok(verdict) };
+    if r.body.len() > limits.max_output {
+        return Err(PluginError::BadOutput(format!(
+            "the body is {} bytes, over the limit of {}",
+            r.body.len(),
+            limits.max_output
+        )));
+    }
+    if r.headers.len() > limits.max_headers {
+        return Err(PluginError::BadOutput(format!(
+            "{} headers, over the limit of {}",
+            r.headers.len(),
+            limits.max_headers
+        )));
+    }
+    for (name, value) in &r.headers {
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+            return Err(PluginError::BadOutput(format!("header `{name}` is the host's to set")));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(PluginError::BadOutput(format!("`{name}` is not a valid header name")));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(PluginError::BadOutput(format!("the value of header `{name}` is not a valid header value")));
+        }
+    }
+    if let Some(ct) = &r.content_type
+        && reqwest::header::HeaderValue::from_str(ct).is_err()
+    {
+        return Err(PluginError::BadOutput(format!("content type {ct:?} is not a valid header value")));
+    }
+    Ok(verdict)
+}
+
+/// The plugin version: 16 hex digits of the content's SHA-256.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+/// wasmtime's errors run over several lines (a cause chain, a backtrace); the log
+/// and the store want one.
+fn one_line(msg: &str) -> String {
+    let mut out = String::new();
+    for line in msg.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("wasm backtrace") {
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str(" | ");
+        }
+        out.push_str(line);
+        if out.len() > 600 {
+            break;
+        }
+    }
+    out
+}

@@ -1,0 +1,171 @@
+//! Write [hookwasm](https://github.com/) plugins in Rust.
+//!
+//! A plugin decides, for each event and each client, what to send: implement
+//! [`Plugin`] for a type and name it in [`export!`]. Build with
+//! `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
+//! `target/wasm32-wasip2/release/` is a component the host loads.
+//!
+//! ```ignore
+//! use hookwasm_plugin::{Client, Error, Event, Plugin, Verdict};
+//!
+//! struct Passthrough;
+//!
+//! impl Plugin for Passthrough {
+//!     fn handle(event: Event, _client: Client) -> Result<Verdict, Error> {
+//!         Ok(hookwasm_plugin::deliver(event.json.into_bytes(), None))
+//!     }
+//! }
+//!
+//! hookwasm_plugin::export!(Passthrough);
+//! ```
+#![deny(missing_docs)]
+
+/// The bindings generated from the world `hookwasm:plugin/plugin@0.1.0`.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/plugin-0.1.0",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "hookwasm_plugin::bindings",
+    });
+}
+
+pub use bindings::exports::hookwasm::plugin::handler::Guest as Plugin;
+pub use bindings::hookwasm::plugin::types::{
+    Author, Client, Delivery, Entry, Error, Event, EventTime, Feed, Level, NewFeedEntry, Payload, Source, Subscriber,
+    Verdict,
+};
+
+/// Exports a type that implements [`Plugin`] as the component's handler.
+///
+/// ```ignore
+/// hookwasm_plugin::export!(MyPlugin);
+/// ```
+#[macro_export]
+macro_rules! export {
+    ($plugin:ident) => {
+        $crate::bindings::__export_plugin_world!($plugin with_types_in $crate::bindings);
+    };
+}
+
+/// Writes a line to the host's log, tagged with the client and the plugin.
+///
+/// ```ignore
+/// hookwasm_plugin::log(hookwasm_plugin::Level::Info, "skipping a private feed");
+/// ```
+pub fn log(level: Level, message: &str) {
+    bindings::hookwasm::plugin::host::log(level, message);
+}
+
+/// A delivery of `body`, with `content_type` (the host sends `application/json`
+/// when it is `None`) and no extra headers.
+///
+/// ```ignore
+/// let v = hookwasm_plugin::deliver(b"hello".to_vec(), Some("text/plain"));
+/// ```
+pub fn deliver(body: Vec<u8>, content_type: Option<&str>) -> Verdict {
+    Verdict::Deliver(Delivery { body, content_type: content_type.map(str::to_string), headers: Vec::new() })
+}
+
+/// A delivery of `value` serialised as JSON.
+///
+/// ```ignore
+/// let v = hookwasm_plugin::deliver_json(&serde_json::json!({"text": "hi"}))?;
+/// ```
+pub fn deliver_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Verdict, Error> {
+    let body = serde_json::to_vec(value).map_err(|e| Error::Failed(format!("cannot serialise the body: {e}")))?;
+    Ok(deliver(body, Some("application/json")))
+}
+
+/// Nothing is sent to the client for this event; `reason` is recorded.
+///
+/// ```ignore
+/// return Ok(hookwasm_plugin::skip("the feed is private"));
+/// ```
+pub fn skip(reason: impl Into<String>) -> Verdict {
+    Verdict::Skip(reason.into())
+}
+
+/// Reading an event's JSON.
+pub trait EventExt {
+    /// The event's original JSON, parsed.
+    ///
+    /// ```ignore
+    /// let mut doc = event.value()?;
+    /// doc["users"] = serde_json::json!([]);
+    /// ```
+    fn value(&self) -> Result<serde_json::Value, Error>;
+
+    /// The event's original JSON, parsed into your own type.
+    ///
+    /// ```ignore
+    /// #[derive(serde::Deserialize)]
+    /// struct Record { data: serde_json::Value }
+    /// let r: Record = event.parse()?;
+    /// ```
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error>;
+
+    /// The typed `new_feed_entry`, or `None` for any other event.
+    ///
+    /// ```ignore
+    /// if let Some(entry) = event.new_feed_entry() { /* … */ }
+    /// ```
+    fn new_feed_entry(&self) -> Option<&NewFeedEntry>;
+}
+
+impl EventExt for Event {
+    fn value(&self) -> Result<serde_json::Value, Error> {
+        self.parse()
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(&self.json).map_err(|e| Error::InvalidEvent(format!("{}: {e}", self.name)))
+    }
+
+    fn new_feed_entry(&self) -> Option<&NewFeedEntry> {
+        match &self.payload {
+            Payload::NewFeedEntry(n) => Some(n),
+            Payload::Other => None,
+        }
+    }
+}
+
+/// Reading a client's `[clients.config]`.
+pub trait ClientExt {
+    /// The value of `key`, if the client's config has it.
+    ///
+    /// ```ignore
+    /// let channel = client.get("channel");
+    /// ```
+    fn get(&self, key: &str) -> Option<&str>;
+
+    /// The value of `key`, or `default`.
+    ///
+    /// ```ignore
+    /// let mode = client.get_or("mode", "mask");
+    /// ```
+    fn get_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str;
+
+    /// The value of `key`, or an [`Error::InvalidConfig`] that names it.
+    ///
+    /// ```ignore
+    /// let token = client.require("token")?;
+    /// ```
+    fn require(&self, key: &str) -> Result<&str, Error>;
+}
+
+impl ClientExt for Client {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.config.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn get_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str {
+        self.get(key).unwrap_or(default)
+    }
+
+    fn require(&self, key: &str) -> Result<&str, Error> {
+        self.get(key).ok_or_else(|| Error::InvalidConfig(format!("config key `{key}` is missing")))
+    }
+}
