@@ -1,1 +1,154 @@
-fn main() {}
+//! The `hookwasm` command line. Every error a person can cause ends here as one
+//! line naming the thing and what to do, with a non-zero exit.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hookwasm", version, about = "Phraseanet webhooks, filtered and transformed per client by WebAssembly plugins")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host until SIGINT or SIGTERM.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Try and inspect plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// A receiver for trying things out: prints every delivery it gets.
+    Receive {
+        /// Address to listen on, such as 127.0.0.1:9000.
+        #[arg(long)]
+        listen: String,
+        /// The client's secret; each delivery's signature is then checked.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Answer with this status instead of 200 (to try retries).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
+    /// List recent deliveries and their attempts, from the store.
+    Deliveries {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this client's.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only deliveries in this state (pending, held, plugin_error, retrying, delivered, skipped, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// How many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send deliveries again: one, or all of a client's since a time.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        /// The delivery's id (msg_…).
+        #[arg(long, conflicts_with_all = ["client", "since"])]
+        delivery: Option<String>,
+        /// Every delivery of this client…
+        #[arg(long, requires = "since")]
+        client: Option<String>,
+        /// …created since this time (RFC 3339, or a duration ago such as 2h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Ingest a file of events, one JSON document per line, into the store.
+    Ingest {
+        #[arg(long)]
+        config: PathBuf,
+        /// The file of events (JSON lines); - for standard input.
+        file: PathBuf,
+    },
+    /// Look at or enable clients.
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run one plugin on one event and print the verdict as JSON.
+    Test {
+        plugin: PathBuf,
+        /// The event, a Phraseanet JSON document.
+        #[arg(long)]
+        event: PathBuf,
+        /// A client config entry KEY=VALUE handed to the plugin (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// The client id the plugin is told.
+        #[arg(long, default_value = "test")]
+        client: String,
+    },
+    /// Say whether a file is a plugin this host can load, and what it imports.
+    Check { plugin: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Each client's health as the store records it.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Enable a client the host disabled (after a 410, or failing too long).
+    Enable {
+        id: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let quiet_default = matches!(args.command, Command::Plugin(_));
+    cli::init_logging(quiet_default);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hookwasm: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Command::Serve { config } => cli::serve(&config).await,
+            Command::Plugin(PluginCommand::Test { plugin, event, config, client }) => {
+                cli::plugin_test(&plugin, &event, &config, &client).await
+            }
+            Command::Plugin(PluginCommand::Check { plugin }) => cli::plugin_check(&plugin).await,
+            Command::Receive { listen, secret, status } => cli::receive(&listen, secret.as_deref(), status).await,
+            Command::Deliveries { config, client, state, limit, json } => {
+                cli::deliveries(&config, client.as_deref(), state.as_deref(), limit, json)
+            }
+            Command::Replay { config, delivery, client, since } => {
+                cli::replay(&config, delivery.as_deref(), client.as_deref(), since.as_deref()).await
+            }
+            Command::Ingest { config, file } => cli::ingest(&config, &file).await,
+            Command::Clients(ClientsCommand::List { config }) => cli::clients_list(&config),
+            Command::Clients(ClientsCommand::Enable { id, config }) => cli::clients_enable(&config, &id).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hookwasm: {}", cli::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

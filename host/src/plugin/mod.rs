@@ -262,6 +262,9 @@ impl Runtime {
     /// async worker.
     pub fn load(&self, file: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         let hash = content_hash(bytes);
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::NotComponent("the file does not start with the WebAssembly header `\\0asm`".into()));
+        }
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             let msg = format!("{e:#}");
             if bytes.starts_with(b"\0asm\x01\0\0\0") {

@@ -1,0 +1,368 @@
+//! What each command does, on top of the library. Errors are `anyhow` here and
+//! become one line in `main`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use hookwasm::config::{Config, PluginLimits, Secret};
+use hookwasm::event::{Event, new_event_id};
+use hookwasm::plugin::{CallContext, Runtime, Verdict};
+use hookwasm::store::{Store, inspect::Inspector, now_ms};
+use serde_json::json;
+
+pub fn init_logging(plugin_command: bool) {
+    use tracing_subscriber::EnvFilter;
+    // `plugin test` shows the guest's own log lines; the host's are noise there.
+    let default = if plugin_command { "warn,plugin=trace" } else { "info" };
+    let filter = EnvFilter::try_from_env("HOOKWASM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// An error chain on one line: `context: cause: cause`.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string().lines().next().unwrap_or("").trim().to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+pub async fn serve(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await.map_err(|e| {
+        anyhow!(
+            "cannot listen on {} ({e}); is another hookwasm running there? change server.listen in {}",
+            config.server.listen,
+            config_path.display()
+        )
+    })?;
+    hookwasm::serve(config, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn read_plugin(path: &Path) -> Result<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read the plugin {}", path.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plugin.wasm").to_string();
+    Ok((name, bytes))
+}
+
+pub async fn plugin_test(plugin: &Path, event: &Path, config: &[String], client: &str) -> Result<ExitCode> {
+    let (name, bytes) = read_plugin(plugin)?;
+    let raw = std::fs::read(event).with_context(|| format!("cannot read the event {}", event.display()))?;
+    let event = Event::parse(new_event_id(), Bytes::from(raw)).map_err(|e| anyhow!("{} is not an event: {e}", event.display()))?;
+    let mut kv = Vec::new();
+    for entry in config {
+        let (k, v) = entry.split_once('=').ok_or_else(|| anyhow!("--config {entry:?} is not KEY=VALUE"))?;
+        kv.push((k.to_string(), v.to_string()));
+    }
+    let client = client.to_string();
+    let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
+        let runtime = Runtime::new()?;
+        let plugin = runtime.load(&name, &bytes).map_err(|e| anyhow!("{name}: {e}"))?;
+        let limits = PluginLimits::default();
+        let cx = CallContext { client_id: &client, config: &kv, limits: &limits };
+        Ok(runtime.call(&plugin, &event, &cx).map_err(|e| (plugin.file.clone(), plugin.hash.clone(), e)))
+    })
+    .await??;
+    match verdict {
+        Ok(v) => {
+            println!("{}", verdict_json(&v));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((file, hash, e)) => {
+            eprintln!("hookwasm: {file}@{hash}: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The verdict as `plugin test` prints it. A body that is UTF-8 is a string; any
+/// other body is given as `body_base64`.
+pub fn verdict_json(v: &Verdict) -> serde_json::Value {
+    match v {
+        Verdict::Deliver(r) => {
+            let mut out = json!({
+                "verdict": "deliver",
+                "content_type": r.content_type.clone().unwrap_or_else(|| "application/json".into()),
+                "headers": r.headers,
+            });
+            match std::str::from_utf8(&r.body) {
+                Ok(s) => out["body"] = json!(s),
+                Err(_) => {
+                    use base64::Engine as _;
+                    out["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
+                }
+            }
+            out
+        }
+        Verdict::Skip(reason) => json!({ "verdict": "skip", "reason": reason }),
+    }
+}
+
+pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
+    let (name, bytes) = read_plugin(plugin)?;
+    let outcome = tokio::task::spawn_blocking(move || -> Result<_> {
+        let runtime = Runtime::new()?;
+        Ok(runtime.load(&name, &bytes).map_err(|e| format!("{name}: {e}")))
+    })
+    .await??;
+    match outcome {
+        Ok(p) => {
+            println!("{}: ok, a hookwasm plugin for world hookwasm:plugin/plugin@{} (version {})", p.file, p.world.as_str(), p.hash);
+            println!("imports:");
+            for i in &p.imports {
+                println!("  {i}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub async fn receive(listen: &str, secret: Option<&str>, status: u16) -> Result<ExitCode> {
+    let secret = secret.map(Secret::parse).transpose().map_err(|e| anyhow!("--secret: {e}"))?;
+    let status = axum::http::StatusCode::from_u16(status).map_err(|_| anyhow!("--status {status} is not an HTTP status"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow!("cannot listen on {listen} ({e}); pick another --listen address"))?;
+    eprintln!("hookwasm receive: listening on http://{}", listener.local_addr()?);
+    let secret = Arc::new(secret);
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let secret = secret.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+            print_delivery(&parts, &body, secret.as_ref().as_ref());
+            status
+        }
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_delivery(parts: &axum::http::request::Parts, body: &[u8], secret: Option<&Secret>) {
+    use std::io::Write;
+    let mut out = String::new();
+    out.push_str(&format!("── {} {}\n", parts.method, parts.uri));
+    for (k, v) in &parts.headers {
+        out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
+    }
+    let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    match (secret, header("webhook-id"), header("webhook-timestamp"), header("webhook-signature")) {
+        (None, ..) => {}
+        (Some(s), Some(id), Some(ts), Some(sig)) => {
+            let ts_num: i64 = ts.parse().unwrap_or(0);
+            let age = (now_ms() / 1000 - ts_num).abs();
+            let ok = hookwasm::deliver::sign::verify(s, id, ts_num, body, sig);
+            out.push_str(&match (ok, age <= 300) {
+                (true, true) => "signature: verified\n".to_string(),
+                (true, false) => format!("signature: valid but the timestamp is {age}s off (receivers allow 300s)\n"),
+                (false, _) => "signature: DOES NOT VERIFY with the given secret\n".to_string(),
+            });
+        }
+        (Some(_), ..) => out.push_str("signature: MISSING (webhook-id, webhook-timestamp or webhook-signature absent)\n"),
+    }
+    out.push('\n');
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Err(_) => out.push_str(&String::from_utf8_lossy(body)),
+    }
+    out.push_str("\n\n");
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}
+
+pub fn deliveries(config: &Path, client: Option<&str>, state: Option<&str>, limit: usize, json: bool) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if let Some(c) = client
+        && config.client(c).is_none()
+    {
+        bail!("no client {c:?} in the config");
+    }
+    if let Some(s) = state
+        && hookwasm::store::State::parse(s).is_none()
+    {
+        bail!("--state {s:?} is not one of pending, held, plugin_error, retrying, delivered, skipped, failed");
+    }
+    let rows = Inspector::open(&config.store.path)?.deliveries(client, state, limit)?;
+    for d in &rows {
+        if json {
+            println!("{}", serde_json::to_string(d)?);
+            continue;
+        }
+        println!(
+            "{}  {:<14} {:<16} {:<13} {}  {}",
+            d.id,
+            d.client_id,
+            d.event,
+            d.state,
+            format_ms(d.created_at),
+            d.reason.as_deref().unwrap_or("")
+        );
+        if let Some(p) = &d.plugin {
+            println!("    plugin {p}");
+        }
+        for a in &d.attempts {
+            let what = match (a.status, &a.error_kind) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, Some(k)) => format!("{k}: {}", a.error.as_deref().unwrap_or("")),
+                _ => "?".into(),
+            };
+            println!("    attempt {} at {} took {} ms: {what}", a.n, format_ms(a.started_at), a.duration_ms);
+        }
+        if let (Some(at), "retrying") = (d.next_attempt_at, d.state.as_str()) {
+            println!("    next attempt at {}", format_ms(at));
+        }
+    }
+    if rows.is_empty() && !json {
+        eprintln!("no deliveries");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub async fn replay(config: &Path, delivery: Option<&str>, client: Option<&str>, since: Option<&str>) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if delivery.is_none() && client.is_none() {
+        bail!("say what to replay: --delivery msg_… or --client ID --since TIME");
+    }
+    if let Some(c) = client
+        && config.client(c).is_none()
+    {
+        bail!("no client {c:?} in the config");
+    }
+    let since_ms = since.map(parse_since).transpose()?;
+    let seqs = Inspector::open(&config.store.path)?.select(delivery, client, since_ms)?;
+    if seqs.is_empty() {
+        bail!("no delivery matches");
+    }
+    let store = Store::open(&config.store.path)?;
+    let n = store.replay(seqs).await.map_err(|e| anyhow!(e))?;
+    println!("{n} deliveries will be sent again by the running host");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// RFC 3339, or a duration meaning that long ago.
+fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64);
+    }
+    let ago = humantime::parse_duration(s)
+        .map_err(|_| anyhow!("--since {s:?} is neither a time (2026-05-24T21:00:00Z) nor a duration (2h)"))?;
+    Ok(now_ms() - ago.as_millis() as i64)
+}
+
+/// Posts each line of `file` to the running host, a few at a time, with a bar.
+pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
+    use futures_util::StreamExt;
+    let config = Config::load(config)?;
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let lines: Vec<(usize, String)> =
+        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.to_string())).collect();
+    let addr = config.server.listen;
+    let host = if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
+    let url = format!("http://{host}/v1/events");
+    let http = reqwest::Client::new();
+    let bar = indicatif::ProgressBar::new(lines.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let token = config.server.ingest_token.clone();
+    let results: Vec<(usize, Result<(), String>)> = futures_util::stream::iter(lines)
+        .map(|(n, line)| {
+            let (http, url, token, bar) = (http.clone(), url.clone(), token.clone(), bar.clone());
+            async move {
+                let mut req = http.post(&url).header("content-type", "application/json").body(line);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let r = match req.send().await {
+                    Ok(resp) if resp.status().as_u16() == 202 => Ok(()),
+                    Ok(resp) => {
+                        let status = resp.status();
+                        Err(format!("{status}: {}", resp.text().await.unwrap_or_default().trim()))
+                    }
+                    Err(e) if e.is_connect() => Err(format!("no host answers at {url}; start it with `hookwasm serve`")),
+                    Err(e) => Err(e.to_string()),
+                };
+                bar.inc(1);
+                (n, r)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    bar.finish();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    for (n, r) in failed.iter().take(20) {
+        eprintln!("line {n}: {}", r.as_ref().unwrap_err());
+    }
+    println!("{} events accepted, {} refused", results.len() - failed.len(), failed.len());
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn clients_list(config: &Path) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    let ids: Vec<String> = config.clients.iter().map(|c| c.id.clone()).collect();
+    for c in Inspector::open(&config.store.path)?.clients(&ids)? {
+        let health = match (&c.disabled_reason, c.failing_since) {
+            (Some(r), _) => format!("DISABLED: {r}"),
+            (None, Some(t)) => format!("failing since {}", format_ms(t)),
+            (None, None) => "ok".into(),
+        };
+        let counts: Vec<String> = c.counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("{:<16} {health}   {}", c.client_id, counts.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn clients_enable(config: &Path, id: &str) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if config.client(id).is_none() {
+        bail!("no client {id:?} in the config");
+    }
+    let store = Store::open(&config.store.path)?;
+    store.set_client(id, None, None);
+    store.flush().await;
+    println!("client {id} enabled; the running host resumes its deliveries within seconds");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,537 @@
+//! Delivery: one worker per client renders each delivery with the client's plugin
+//! and POSTs it, retrying on the client's schedule.
+//!
+//! Isolation: every client has its own task, its own HTTP connection pool and its
+//! own bound on requests in flight; plugin calls run on the blocking pool. A client
+//! whose receiver hangs or whose plugin loops only ever waits on itself.
+//!
+//! Order: fresh deliveries reach a worker in commit order (the store's after-commit
+//! hook pushes them), are rendered in that order, and their first attempts start
+//! in that order. Retries come from the store when due.
+//!
+//! Memory stays bounded: a worker's in-memory inbox holds at most [`INBOX`] jobs.
+//! When it is full, later jobs stay only in the store and the worker reads them
+//! back in order once it has caught up (the same path serves the work left over
+//! from a previous run at start-up).
+//!
+//! Fail closed: a client whose plugin is missing or broken gets nothing; its
+//! deliveries are parked as `held` and resume, in order, when the plugin registry
+//! changes. A plugin error parks that one delivery as `plugin_error` until a new
+//! version of the plugin arrives. The raw event is never sent in a plugin's place.
+
+mod http;
+pub mod sign;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::config::Client;
+use crate::event::Event;
+use crate::plugin::registry::{Lookup, Registry};
+use crate::plugin::{CallContext, PluginError, Rendered, Verdict};
+use crate::store::{self, Job, NewDelivery, State, Store, StoredRender, Update};
+
+pub use http::USER_AGENT;
+
+/// Jobs a worker keeps in memory; beyond, the store holds them.
+const INBOX: usize = 8192;
+/// Jobs rendered per trip to the blocking pool.
+const BATCH: usize = 64;
+/// How often a worker looks for due retries and replayed deliveries.
+const POLL: Duration = Duration::from_millis(500);
+/// The longest `Retry-After` honoured; a receiver cannot park us for a week.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `d` give or take 20 %, so that failed deliveries do not come back in a herd.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.8..1.2))
+}
+
+/// All the workers.
+pub struct Dispatcher {
+    workers: HashMap<String, Arc<Worker>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// One client's delivery state.
+struct Worker {
+    client: Client,
+    sender: http::Sender,
+    store: Store,
+    registry: Arc<Registry>,
+    inbox: Mutex<Inbox>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    /// Deliveries between "taken" and "outcome committed": never loaded twice.
+    in_flight: Mutex<HashSet<i64>>,
+    health: Mutex<Health>,
+}
+
+struct Inbox {
+    queue: VecDeque<Job>,
+    /// Jobs were left in the store only; read them back before the queue again.
+    overflow: bool,
+}
+
+#[derive(Default, Clone)]
+struct Health {
+    disabled: Option<String>,
+    failing_since: Option<i64>,
+}
+
+/// A client's state, for the status route.
+#[derive(Debug, serde::Serialize)]
+pub struct ClientStatus {
+    pub id: String,
+    pub plugin: Option<String>,
+    /// `ready file@hash`, `missing`, `broken: …`, or `none` without a plugin.
+    pub plugin_state: String,
+    pub disabled: Option<String>,
+    pub failing_since: Option<i64>,
+    pub queued: usize,
+    pub in_flight: usize,
+}
+
+impl Dispatcher {
+    /// Builds a worker for every enabled client.
+    pub fn new(clients: &[Client], store: &Store, registry: &Arc<Registry>) -> anyhow::Result<Dispatcher> {
+        let mut workers = HashMap::new();
+        for c in clients.iter().filter(|c| c.enabled) {
+            let (disabled, failing_since) = store.client_state(&c.id)?;
+            let worker = Worker {
+                sender: http::Sender::new(c)?,
+                client: c.clone(),
+                store: store.clone(),
+                registry: registry.clone(),
+                inbox: Mutex::new(Inbox { queue: VecDeque::new(), overflow: true }),
+                wake: Notify::new(),
+                permits: Arc::new(Semaphore::new(c.delivery.max_in_flight)),
+                in_flight: Mutex::new(HashSet::new()),
+                health: Mutex::new(Health { disabled, failing_since }),
+            };
+            workers.insert(c.id.clone(), Arc::new(worker));
+        }
+        Ok(Dispatcher { workers, tasks: Mutex::new(Vec::new()), shutdown: watch::channel(false).0 })
+    }
+
+    /// The clients an event of this name goes to.
+    pub fn fan_out(&self, event_name: &str) -> Vec<NewDelivery> {
+        let mut out: Vec<NewDelivery> = self
+            .workers
+            .values()
+            .filter(|w| w.client.wants(event_name))
+            .map(|w| NewDelivery { id: store::new_delivery_id(), client_id: w.client.id.clone() })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Hands committed deliveries to their workers. Runs on the store's writer
+    /// thread, in commit order.
+    pub fn enqueue(&self, event: &Arc<Event>, deliveries: &[NewDelivery], seqs: &[i64]) {
+        for (d, &seq) in deliveries.iter().zip(seqs) {
+            if let Some(w) = self.workers.get(&d.client_id) {
+                let job = Job {
+                    seq,
+                    id: d.id.clone(),
+                    client_id: d.client_id.clone(),
+                    event: event.clone(),
+                    attempts: 0,
+                    rendered: None,
+                };
+                w.push(job);
+            }
+        }
+    }
+
+    /// Starts the workers.
+    pub fn start(&self) {
+        let mut tasks = self.tasks.lock().unwrap();
+        for w in self.workers.values() {
+            tasks.push(tokio::spawn(w.clone().run(self.shutdown.subscribe())));
+        }
+    }
+
+    /// Stops taking work, waits for attempts in flight to finish and be recorded.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn status(&self) -> Vec<ClientStatus> {
+        let mut out: Vec<ClientStatus> = self.workers.values().map(|w| w.status()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+impl Worker {
+    fn push(&self, job: Job) {
+        let mut inbox = self.inbox.lock().unwrap();
+        if !inbox.overflow && inbox.queue.len() < INBOX {
+            inbox.queue.push_back(job);
+        } else {
+            inbox.overflow = true;
+        }
+        drop(inbox);
+        self.wake.notify_one();
+    }
+
+    fn status(&self) -> ClientStatus {
+        let health = self.health.lock().unwrap().clone();
+        ClientStatus {
+            id: self.client.id.clone(),
+            plugin: self.client.plugin.clone(),
+            plugin_state: match &self.client.plugin {
+                None => "none".into(),
+                Some(file) => match self.registry.get(file) {
+                    Lookup::Ready(p) => format!("ready {}@{}", p.file, p.hash),
+                    Lookup::Missing => "missing".into(),
+                    Lookup::Broken(e) => format!("broken: {e}"),
+                },
+            },
+            disabled: health.disabled,
+            failing_since: health.failing_since,
+            queued: self.inbox.lock().unwrap().queue.len(),
+            in_flight: self.in_flight.lock().unwrap().len(),
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut plugins = self.registry.subscribe();
+        let mut last_seq = 0i64;
+        let mut check_parked = true;
+        let mut next_poll = tokio::time::Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.health.lock().unwrap().disabled.is_some() {
+                self.wait_enabled(&mut shutdown).await;
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_poll {
+                next_poll = now + POLL;
+                check_parked = true;
+                self.run_due_retries().await;
+            }
+            if check_parked {
+                check_parked = false;
+                self.resume_parked().await;
+            }
+            let fresh = self.take_fresh(&mut last_seq).await;
+            if !fresh.is_empty() {
+                self.process(fresh).await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = plugins.changed() => check_parked = true,
+                _ = tokio::time::sleep_until(next_poll) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let attempts in flight finish and their outcomes be committed.
+        let _ = self.permits.acquire_many(self.client.delivery.max_in_flight as u32).await;
+    }
+
+    /// While disabled, look now and then whether someone enabled the client again.
+    async fn wait_enabled(&self, shutdown: &mut watch::Receiver<bool>) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let store = self.store.clone();
+        let id = self.client.id.clone();
+        if let Ok(Ok((None, _))) = tokio::task::spawn_blocking(move || store.client_state(&id)).await {
+            tracing::info!(client = %self.client.id, "client enabled again");
+            *self.health.lock().unwrap() = Health::default();
+        }
+    }
+
+    /// The next fresh jobs, in commit order: from the inbox, or from the store when
+    /// the inbox overflowed (or at start-up).
+    async fn take_fresh(&self, last_seq: &mut i64) -> Vec<Job> {
+        {
+            let mut inbox = self.inbox.lock().unwrap();
+            let mut batch = Vec::new();
+            while batch.len() < BATCH {
+                match inbox.queue.pop_front() {
+                    Some(job) if job.seq > *last_seq => batch.push(job),
+                    Some(_) => {} // already read back from the store
+                    None => break,
+                }
+            }
+            if let Some(last) = batch.last() {
+                *last_seq = last.seq;
+                return batch;
+            }
+            if !inbox.overflow {
+                return batch;
+            }
+        }
+        let after = *last_seq;
+        let mut rows = self.load(move |s, id| s.load_pending(id, after, BATCH)).await;
+        if rows.is_empty() {
+            // Caught up: back to the inbox. Rows committed between that read and
+            // the switch were not pushed, so look once more; any that were pushed
+            // too are skipped above by their seq.
+            self.inbox.lock().unwrap().overflow = false;
+            rows = self.load(move |s, id| s.load_pending(id, after, BATCH)).await;
+            if !rows.is_empty() {
+                self.inbox.lock().unwrap().overflow = true;
+            }
+        }
+        if let Some(last) = rows.last() {
+            *last_seq = last.seq;
+        }
+        rows
+    }
+
+    /// Runs a store read on the blocking pool, leaving out deliveries in flight.
+    async fn load(&self, read: impl FnOnce(&Store, &str) -> anyhow::Result<Vec<Job>> + Send + 'static) -> Vec<Job> {
+        let store = self.store.clone();
+        let id = self.client.id.clone();
+        match tokio::task::spawn_blocking(move || read(&store, &id)).await {
+            Ok(Ok(jobs)) => {
+                let busy = self.in_flight.lock().unwrap();
+                jobs.into_iter().filter(|j| !busy.contains(&j.seq)).collect()
+            }
+            Ok(Err(e)) => {
+                tracing::error!(client = %self.client.id, "cannot read work from the store: {e:#}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(client = %self.client.id, "store read crashed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deliveries parked for a plugin: tried again once a plugin is serving.
+    async fn resume_parked(self: &Arc<Self>) {
+        let plugin = match &self.client.plugin {
+            None => String::new(),
+            Some(file) => match self.registry.get(file) {
+                Lookup::Ready(p) => format!("{}@{}", p.file, p.hash),
+                _ => return,
+            },
+        };
+        // Parking writes are sent without waiting; make sure they are visible.
+        self.store.flush().await;
+        loop {
+            let p = plugin.clone();
+            let jobs = self.load(move |s, id| s.load_parked(id, &p, BATCH)).await;
+            if jobs.is_empty() {
+                return;
+            }
+            tracing::info!(client = %self.client.id, count = jobs.len(), "resuming parked deliveries");
+            let n = jobs.len();
+            self.process(jobs).await;
+            if n < BATCH {
+                return;
+            }
+            self.store.flush().await;
+        }
+    }
+
+    async fn run_due_retries(self: &Arc<Self>) {
+        let now = store::now_ms();
+        let jobs = self.load(move |s, id| s.load_due_retries(id, now, BATCH)).await;
+        self.process(jobs).await;
+    }
+
+    /// Renders the jobs that need it, then starts their attempts in order.
+    async fn process(self: &Arc<Self>, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        {
+            let mut busy = self.in_flight.lock().unwrap();
+            busy.extend(jobs.iter().map(|j| j.seq));
+        }
+        let (rendered, to_render): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.rendered.is_some());
+        let verdicts = self.render(&to_render).await;
+        let mut sends = Vec::new();
+        for (job, verdict) in to_render.into_iter().zip(verdicts) {
+            match verdict {
+                Outcome::Send(render) => sends.push((job, render, true)),
+                Outcome::Park(update) => {
+                    self.in_flight.lock().unwrap().remove(&job.seq);
+                    self.store.update_later(update);
+                }
+            }
+        }
+        for job in rendered {
+            let render = job.rendered.clone().expect("partitioned on it");
+            sends.push((job, render, false));
+        }
+        // Sends of fresh jobs start in commit order; retries after them.
+        for (job, render, first_render) in sends {
+            let permit = self.permits.clone().acquire_owned().await.expect("never closed");
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.attempt(job, render, first_render).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Makes one attempt and records it with the delivery's next state.
+    async fn attempt(&self, job: Job, render: StoredRender, first_render: bool) {
+        let (attempt, verdict) = self.sender.attempt(&self.client, &job.id, &render.request).await;
+        let attempts = job.attempts + 1;
+        let schedule = &self.client.delivery.retry_schedule;
+        let failed = verdict != http::Verdict::Delivered;
+        let mut update = match verdict {
+            http::Verdict::Delivered => Update::new(job.seq, State::Delivered),
+            http::Verdict::Gone => {
+                let mut u = Update::new(job.seq, State::Failed);
+                u.reason = Some("the receiver answered 410 Gone; the client is disabled".into());
+                self.disable("the receiver answered 410 Gone");
+                u
+            }
+            http::Verdict::Retry { .. } if attempts as usize > schedule.len() => {
+                let mut u = Update::new(job.seq, State::Failed);
+                u.reason = Some(format!("gave up after {attempts} attempts: {}", attempt.error.as_deref().unwrap_or("")));
+                u
+            }
+            http::Verdict::Retry { retry_after } => {
+                let wait = jitter(schedule[attempts as usize - 1]).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+                let mut u = Update::new(job.seq, State::Retrying);
+                u.next_attempt_at = Some(store::now_ms() + wait.as_millis() as i64);
+                u.reason = attempt.error.clone();
+                u
+            }
+        };
+        if failed {
+            tracing::debug!(client = %self.client.id, delivery = %job.id, attempt = attempts,
+                error = attempt.error.as_deref().unwrap_or(""), "attempt failed");
+        }
+        self.note_health(!failed);
+        update.attempt = Some(attempt);
+        if first_render {
+            update.render = Some(render);
+        }
+        if let Err(e) = self.store.update(update).await {
+            tracing::error!(client = %self.client.id, delivery = %job.id, "cannot record an attempt: {e}");
+        }
+        self.in_flight.lock().unwrap().remove(&job.seq);
+    }
+
+    /// Tracks how long the client has been failing; disables it past its window.
+    fn note_health(&self, ok: bool) {
+        let mut h = self.health.lock().unwrap();
+        let now = store::now_ms();
+        match (ok, h.failing_since) {
+            (true, Some(_)) => {
+                h.failing_since = None;
+                self.store.set_client(&self.client.id, h.disabled.clone(), None);
+            }
+            (false, None) => {
+                h.failing_since = Some(now);
+                self.store.set_client(&self.client.id, h.disabled.clone(), Some(now));
+            }
+            (false, Some(since)) if h.disabled.is_none() && now - since >= self.client.delivery.disable_after.as_millis() as i64 => {
+                drop(h);
+                self.disable(&format!(
+                    "every delivery failed for {}",
+                    humantime::format_duration(self.client.delivery.disable_after)
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn disable(&self, why: &str) {
+        let mut h = self.health.lock().unwrap();
+        if h.disabled.is_some() {
+            return;
+        }
+        tracing::error!(client = %self.client.id, "client disabled: {why}; its new events are kept. \
+            Enable it again with `hookwasm clients enable {}`", self.client.id);
+        h.disabled = Some(why.to_string());
+        self.store.set_client(&self.client.id, h.disabled.clone(), h.failing_since);
+    }
+
+    /// What each job becomes: something to send, or a parking update.
+    async fn render(&self, jobs: &[Job]) -> Vec<Outcome> {
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let Some(file) = &self.client.plugin else {
+            // No plugin: the event goes out exactly as received.
+            return jobs
+                .iter()
+                .map(|j| {
+                    Outcome::Send(StoredRender {
+                        request: Rendered { body: j.event.raw.to_vec(), content_type: None, headers: Vec::new() },
+                        plugin: None,
+                    })
+                })
+                .collect();
+        };
+        let plugin = match self.registry.get(file) {
+            Lookup::Ready(p) => p,
+            other => {
+                let reason = match other {
+                    Lookup::Broken(e) => format!("plugin {file} does not load: {e}"),
+                    _ => format!("plugin {file} is not in plugins.dir"),
+                };
+                return jobs
+                    .iter()
+                    .map(|j| {
+                        let mut u = Update::new(j.seq, State::Held);
+                        u.reason = Some(reason.clone());
+                        Outcome::Park(u)
+                    })
+                    .collect();
+            }
+        };
+        let tag = format!("{}@{}", plugin.file, plugin.hash);
+        let runtime = self.registry.runtime().clone();
+        let client = self.client.clone();
+        let events: Vec<Arc<Event>> = jobs.iter().map(|j| j.event.clone()).collect();
+        let p = plugin.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            let cx = CallContext { client_id: &client.id, config: &client.config, limits: &client.limits };
+            events.iter().map(|e| runtime.call(&p, e, &cx)).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| jobs.iter().map(|_| Err(PluginError::Trap(format!("the host's call crashed: {e}")))).collect());
+
+        jobs.iter()
+            .zip(results)
+            .map(|(j, r)| match r {
+                Ok(Verdict::Deliver(request)) => Outcome::Send(StoredRender { request, plugin: Some(tag.clone()) }),
+                Ok(Verdict::Skip(reason)) => {
+                    let mut u = Update::new(j.seq, State::Skipped);
+                    u.reason = Some(reason);
+                    u.plugin = Some(tag.clone());
+                    Outcome::Park(u)
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.client.id, plugin = %tag, delivery = %j.id, event = %j.event.id,
+                        kind = e.kind(), "plugin error, delivery held until a new version: {e}");
+                    let mut u = Update::new(j.seq, State::PluginError);
+                    u.reason = Some(format!("{}: {e}", e.kind()));
+                    u.plugin = Some(tag.clone());
+                    Outcome::Park(u)
+                }
+            })
+            .collect()
+    }
+}
+
+enum Outcome {
+    Send(StoredRender),
+    Park(Update),
+}

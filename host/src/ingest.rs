@@ -1,0 +1,123 @@
+//! The HTTP front: Phraseanet's events come in, and operators look at the host.
+//!
+//! `POST /v1/events` checks the token, the content type and the size, parses the
+//! event, fans it out to the clients that want it, and answers 202 only once the
+//! event and its deliveries are committed to the store. Everything it refuses gets
+//! a JSON `{"error": …}` that says why. `GET /healthz` and `GET /v1/status` are for
+//! operators and their probes.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::deliver::Dispatcher;
+use crate::event::{Event, new_event_id};
+use crate::plugin::registry::Registry;
+use crate::store::Store;
+
+pub struct Ingest {
+    pub token: Option<String>,
+    pub max_body: usize,
+    pub store: Store,
+    pub dispatcher: Arc<Dispatcher>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: Arc<Ingest>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/events", post(post_event))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        // The body is read with our own limit so the 413 says what the limit is.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; events go to POST /v1/events") })
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn post_event(
+    State(st): State<Arc<Ingest>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(expected) = &st.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .or(q.token.as_deref());
+        match given {
+            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => {}
+            Some(_) => return error(StatusCode::UNAUTHORIZED, "wrong token"),
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "a token is required: `Authorization: Bearer <token>` or `?token=<token>`",
+                );
+            }
+        }
+    }
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && mime != "application/vnd.phraseanet.event+json" {
+        let got = if ct.is_empty() { "none".to_string() } else { format!("{ct:?}") };
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {got}; send application/json or application/vnd.phraseanet.event+json"),
+        );
+    }
+    let bytes: Bytes = match axum::body::to_bytes(body, st.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over the limit of {} bytes (server.max_body)", st.max_body),
+            );
+        }
+    };
+    let event = match Event::parse(new_event_id(), bytes) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let deliveries = st.dispatcher.fan_out(&event.name);
+    let count = deliveries.len();
+    let (dispatcher, ev, ds) = (st.dispatcher.clone(), event.clone(), deliveries.clone());
+    let after = Box::new(move |seqs: &[i64]| dispatcher.enqueue(&ev, &ds, seqs));
+    match st.store.ingest(event.clone(), deliveries, Some(after)).await {
+        Ok(_) => (StatusCode::ACCEPTED, Json(json!({ "id": event.id, "deliveries": count }))).into_response(),
+        Err(e) => {
+            tracing::error!("event not stored: {e}");
+            error(StatusCode::SERVICE_UNAVAILABLE, format!("the event could not be stored, send it again: {e}"))
+        }
+    }
+}
+
+async fn status(State(st): State<Arc<Ingest>>) -> Response {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "plugins": st.registry.status(),
+        "clients": st.dispatcher.status(),
+    }))
+    .into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

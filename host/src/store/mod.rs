@@ -1,0 +1,455 @@
+//! The durable store: events, deliveries and attempts, in SQLite (WAL).
+//!
+//! An event is answered 202 only after it and its fan-out (one delivery row per
+//! client) are committed. Writes go through one writer thread that commits
+//! whatever has queued up in a single transaction (group commit): under load one
+//! fsync covers hundreds of events, and each caller still learns when *its* write
+//! is on disk. Reads use their own connection; WAL lets them run beside the writer,
+//! and lets the command line inspect a store a running host is using.
+//!
+//! A delivery moves through these states (see [`State`]):
+//!
+//! ```text
+//! pending ─┬─> delivered | skipped           (rendered and sent, or the plugin said skip)
+//!          ├─> retrying ──> delivered | failed
+//!          ├─> held          (plugin missing or broken: waits for a good plugin)
+//!          └─> plugin_error  (the plugin failed on this event: waits for a new version)
+//! ```
+//!
+//! The plugin's output is stored with the first attempt, with the plugin version
+//! (content hash) that produced it, so every retry resends the same bytes.
+//!
+//! ## Towards several hosts on PostgreSQL
+//!
+//! Everything the rest of the host needs is the API of [`Store`]: `ingest` (with a
+//! hook run after commit, in commit order), `update` (returns when committed), and
+//! the work loaders `load_pending`, `load_parked`, `load_due_retries`. A
+//! PostgreSQL back end keeps that API and changes how work is found: the loaders
+//! become *claims* — `UPDATE deliveries SET lease_owner = $host, lease_until =
+//! now() + $lease WHERE seq IN (SELECT seq … ORDER BY seq LIMIT $n FOR UPDATE SKIP
+//! LOCKED) RETURNING …` — so two hosts never take the same delivery, and a host
+//! that dies lets its leases run out. The after-commit hook, which here feeds the
+//! local workers directly, becomes a `NOTIFY` that wakes whichever host holds the
+//! client. Ingest, plugins and delivery do not change.
+
+pub mod inspect;
+mod schema;
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::event::Event;
+use crate::plugin::Rendered;
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Held,
+    PluginError,
+    Retrying,
+    Delivered,
+    Skipped,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Held => "held",
+            State::PluginError => "plugin_error",
+            State::Retrying => "retrying",
+            State::Delivered => "delivered",
+            State::Skipped => "skipped",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "pending" => State::Pending,
+            "held" => State::Held,
+            "plugin_error" => State::PluginError,
+            "retrying" => State::Retrying,
+            "delivered" => State::Delivered,
+            "skipped" => State::Skipped,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A delivery to create with an event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `msg_…`: the `webhook-id` the client sees on every attempt.
+    pub id: String,
+    pub client_id: String,
+}
+
+/// A fresh, time-ordered delivery id.
+pub fn new_delivery_id() -> String {
+    format!("msg_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A delivery as the workers handle it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Commit order; per client, first attempts follow it.
+    pub seq: i64,
+    pub id: String,
+    pub client_id: String,
+    pub event: Arc<Event>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The stored rendering, once the plugin ran (or the event went out as is).
+    pub rendered: Option<StoredRender>,
+}
+
+/// What was rendered for a delivery and by which plugin version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRender {
+    pub request: Rendered,
+    /// `file@hash` of the plugin, `None` for a client without a plugin.
+    pub plugin: Option<String>,
+}
+
+/// One HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    /// `timeout`, `connect`, `blocked`, `status`, … (`None` on success).
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// The first few KiB of the answer's body.
+    pub response: Option<String>,
+}
+
+/// A change to one delivery.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub seq: i64,
+    pub state: State,
+    pub reason: Option<String>,
+    /// Set once, when the delivery is first rendered.
+    pub render: Option<StoredRender>,
+    pub attempt: Option<Attempt>,
+    pub next_attempt_at: Option<i64>,
+    /// `file@hash` of the plugin involved, for held and plugin_error rows.
+    pub plugin: Option<String>,
+}
+
+impl Update {
+    pub fn new(seq: i64, state: State) -> Update {
+        Update { seq, state, reason: None, render: None, attempt: None, next_attempt_at: None, plugin: None }
+    }
+}
+
+/// Runs on the writer thread right after an ingest commits, in commit order.
+pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
+
+enum Op {
+    Ingest {
+        event: Arc<Event>,
+        received_at: i64,
+        deliveries: Vec<NewDelivery>,
+        after: Option<AfterCommit>,
+        done: oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+    Update(Update, Option<oneshot::Sender<Result<(), String>>>),
+    Client { client_id: String, disabled: Option<String>, failing_since: Option<i64> },
+    Replay { seqs: Vec<i64>, done: oneshot::Sender<Result<usize, String>> },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+/// Ops taken into one transaction at most.
+const MAX_BATCH: usize = 2048;
+
+impl Store {
+    /// Opens (creating if need be) the store at `path` and migrates it.
+    pub fn open(path: &std::path::Path) -> Result<Store> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the store's folder {}", dir.display()))?;
+        }
+        let mut writer = schema::open(path, true)?;
+        schema::migrate(&mut writer).with_context(|| format!("cannot migrate the store {}", path.display()))?;
+        let reader = schema::open(path, false)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer_loop(writer, rx))?;
+        Ok(Store { tx, reader: Arc::new(Mutex::new(reader)) })
+    }
+
+    /// Stores `event` and its deliveries; returns their seqs once committed.
+    /// `after` runs on the writer thread right after the commit, before any later
+    /// commit, so work handed out from it stays in commit order.
+    pub async fn ingest(
+        &self,
+        event: Arc<Event>,
+        deliveries: Vec<NewDelivery>,
+        after: Option<AfterCommit>,
+    ) -> Result<Vec<i64>, String> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Ingest { event, received_at: now_ms(), deliveries, after, done };
+        self.tx.send(op).map_err(|_| "the store is closed".to_string())?;
+        rx.await.map_err(|_| "the store is closed".to_string())?
+    }
+
+    /// Records `update`; returns once it is committed.
+    pub async fn update(&self, update: Update) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Op::Update(update, Some(done))).map_err(|_| "the store is closed".to_string())?;
+        rx.await.map_err(|_| "the store is closed".to_string())?
+    }
+
+    /// Records `update` without waiting for the commit.
+    pub fn update_later(&self, update: Update) {
+        let _ = self.tx.send(Op::Update(update, None));
+    }
+
+    /// Records a client's health: disabled (with the reason) or not, and since
+    /// when its deliveries have been failing.
+    pub fn set_client(&self, client_id: &str, disabled: Option<String>, failing_since: Option<i64>) {
+        let _ = self.tx.send(Op::Client { client_id: client_id.to_string(), disabled, failing_since });
+    }
+
+    /// Puts deliveries back to be sent again: their stored rendering is kept and a
+    /// new attempt is due now. Returns how many were found.
+    pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, String> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Op::Replay { seqs, done }).map_err(|_| "the store is closed".to_string())?;
+        rx.await.map_err(|_| "the store is closed".to_string())?
+    }
+
+    /// Returns once everything sent to the store before the call is committed.
+    pub async fn flush(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(done)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Blocking: a client's pending deliveries with `seq > after`, in order.
+    pub fn load_pending(&self, client_id: &str, after: i64, limit: usize) -> Result<Vec<Job>> {
+        self.load_jobs(
+            "d.client_id = ?1 AND d.state = 'pending' AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+            params![client_id, after, limit as i64],
+        )
+    }
+
+    /// Blocking: a client's deliveries parked until a plugin changes: every `held`
+    /// one, and the `plugin_error` ones made by another version than `plugin`.
+    pub fn load_parked(&self, client_id: &str, plugin: &str, limit: usize) -> Result<Vec<Job>> {
+        self.load_jobs(
+            "d.client_id = ?1 AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
+             ORDER BY d.seq LIMIT ?3",
+            params![client_id, plugin, limit as i64],
+        )
+    }
+
+    /// Blocking: a client's retries due at `now`, oldest first, leaving out `busy`.
+    pub fn load_due_retries(&self, client_id: &str, now: i64, limit: usize) -> Result<Vec<Job>> {
+        self.load_jobs(
+            "d.client_id = ?1 AND d.state = 'retrying' AND d.next_attempt_at <= ?2 ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
+            params![client_id, now, limit as i64],
+        )
+    }
+
+    /// Blocking: when the client's next retry is due, if it has one.
+    pub fn next_retry_at(&self, client_id: &str) -> Result<Option<i64>> {
+        let conn = self.reader.lock().unwrap();
+        Ok(conn
+            .query_row(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE client_id = ?1 AND state = 'retrying'",
+                [client_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Blocking: a client's recorded health: (disabled reason, failing since).
+    pub fn client_state(&self, client_id: &str) -> Result<(Option<String>, Option<i64>)> {
+        let conn = self.reader.lock().unwrap();
+        Ok(conn
+            .query_row(
+                "SELECT disabled_reason, failing_since FROM client_state WHERE client_id = ?1",
+                [client_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, None)))
+    }
+
+    fn load_jobs(&self, filter: &str, params: impl rusqlite::Params) -> Result<Vec<Job>> {
+        let conn = self.reader.lock().unwrap();
+        let sql = format!(
+            "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
+                    e.id, e.body \
+             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE {filter}"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<Vec<u8>>>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, Vec<u8>>(10)?,
+            ))
+        })?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (seq, id, client_id, attempts, rendered, plugin, ct, headers, body, event_id, event_body) = row?;
+            // The event was valid when it was stored; the same parser accepts it again.
+            let event = Event::parse(event_id, Bytes::from(event_body))
+                .with_context(|| format!("delivery {id}: its stored event no longer parses"))?;
+            let rendered = rendered.then(|| StoredRender {
+                request: Rendered {
+                    body: body.unwrap_or_else(|| event.raw.to_vec()),
+                    content_type: ct,
+                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                },
+                plugin,
+            });
+            jobs.push(Job { seq, id, client_id, event: Arc::new(event), attempts: attempts as u32, rendered });
+        }
+        Ok(jobs)
+    }
+
+    /// The connection used for reads, for the inspection commands.
+    pub fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().unwrap()
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = apply(&mut conn, &mut batch);
+        finish(batch, result);
+    }
+}
+
+/// What each op of a batch produced, in batch order.
+enum Outcome {
+    Seqs(Vec<i64>),
+    Count(usize),
+    Nothing,
+}
+
+fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Outcome>, String> {
+    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Outcome>> {
+        let tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(batch.len());
+        for op in batch.iter() {
+            out.push(match op {
+                Op::Ingest { event, received_at, deliveries, .. } => {
+                    Outcome::Seqs(schema::insert_event(&tx, event, *received_at, deliveries)?)
+                }
+                Op::Update(u, _) => {
+                    schema::apply_update(&tx, u)?;
+                    Outcome::Nothing
+                }
+                Op::Client { client_id, disabled, failing_since } => {
+                    schema::set_client(&tx, client_id, disabled.as_deref(), *failing_since)?;
+                    Outcome::Nothing
+                }
+                Op::Replay { seqs, .. } => Outcome::Count(schema::replay(&tx, seqs)?),
+                Op::Flush(_) => Outcome::Nothing,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    };
+    // A busy database (a long read elsewhere) is worth a few more tries; a full
+    // disk or a broken file is not.
+    let mut tries = 0;
+    loop {
+        match run(conn) {
+            Ok(out) => return Ok(out),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 50 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store could not commit a batch of {} writes", batch.len());
+                return Err(format!("the store could not commit: {e}"));
+            }
+        }
+    }
+}
+
+fn finish(batch: Vec<Op>, result: Result<Vec<Outcome>, String>) {
+    let mut outcomes = match result {
+        Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+    }
+    .into_iter();
+    for op in batch {
+        let outcome = outcomes.next().expect("one outcome per op");
+        match op {
+            Op::Ingest { after, done, .. } => {
+                let seqs = outcome.map(|o| match o {
+                    Outcome::Seqs(s) => s,
+                    _ => unreachable!("ingest yields seqs"),
+                });
+                if let (Ok(seqs), Some(after)) = (&seqs, after) {
+                    after(seqs);
+                }
+                let _ = done.send(seqs);
+            }
+            Op::Update(_, done) => {
+                if let Some(done) = done {
+                    let _ = done.send(outcome.map(|_| ()));
+                }
+            }
+            Op::Replay { done, .. } => {
+                let _ = done.send(outcome.map(|o| match o {
+                    Outcome::Count(n) => n,
+                    _ => 0,
+                }));
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            Op::Client { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The SQLite schema, its migrations, and the statements the writer runs.
+//!
+//! Migrations are numbered by `PRAGMA user_version`; each runs once, in order, in
+//! a transaction. A released migration is never edited: add the next one.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, Transaction, params};
+
+use super::{NewDelivery, Update, now_ms};
+use crate::event::Event;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: events, deliveries, attempts, client health.
+    r#"
+    CREATE TABLE events (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE TABLE deliveries (
+        seq             INTEGER PRIMARY KEY,
+        id              TEXT NOT NULL UNIQUE,
+        event_id        TEXT NOT NULL REFERENCES events(id),
+        client_id       TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        reason          TEXT,
+        plugin          TEXT,
+        rendered        INTEGER NOT NULL DEFAULT 0,
+        content_type    TEXT,
+        headers         TEXT,
+        body            BLOB,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_client_state ON deliveries (client_id, state, seq);
+    CREATE INDEX deliveries_retry ON deliveries (client_id, next_attempt_at) WHERE state = 'retrying';
+    CREATE INDEX deliveries_event ON deliveries (event_id);
+    CREATE TABLE attempts (
+        delivery_seq INTEGER NOT NULL REFERENCES deliveries(seq),
+        n            INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,
+        duration_ms  INTEGER NOT NULL,
+        status       INTEGER,
+        error_kind   TEXT,
+        error        TEXT,
+        response     TEXT,
+        PRIMARY KEY (delivery_seq, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE client_state (
+        client_id       TEXT PRIMARY KEY,
+        disabled_at     INTEGER,
+        disabled_reason TEXT,
+        failing_since   INTEGER
+    );
+    "#,
+];
+
+/// Opens a connection with the settings every connection needs.
+pub fn open(path: &Path, create: bool) -> Result<Connection> {
+    use rusqlite::OpenFlags as F;
+    let mut flags = F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= F::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    // WAL: readers never block the writer. synchronous=FULL: a commit is on disk
+    // (fsync'd) before the host says 202; group commit keeps that affordable.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .with_context(|| format!("{} is not a usable SQLite database", path.display()))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the store is at schema version {version}, newer than this hookwasm knows ({}); run a newer hookwasm",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).with_context(|| format!("migration {}", i + 1))?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn insert_event(
+    tx: &Transaction<'_>,
+    event: &Event,
+    received_at: i64,
+    deliveries: &[NewDelivery],
+) -> rusqlite::Result<Vec<i64>> {
+    tx.prepare_cached("INSERT INTO events (id, name, body, received_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![event.id, event.name, &event.raw[..], received_at])?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO deliveries (id, event_id, client_id, state, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+    )?;
+    let mut seqs = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        stmt.execute(params![d.id, event.id, d.client_id, received_at])?;
+        seqs.push(tx.last_insert_rowid());
+    }
+    Ok(seqs)
+}
+
+pub fn apply_update(tx: &Transaction<'_>, u: &Update) -> rusqlite::Result<()> {
+    let now = now_ms();
+    if let Some(r) = &u.render {
+        // A body equal to the event's own is not stored twice (NULL means "the
+        // event's body"): passthrough plugins and plugin-less clients cost nothing.
+        let headers = serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into());
+        tx.prepare_cached(
+            "UPDATE deliveries SET rendered = 1, plugin = ?2, content_type = ?3, headers = ?4, \
+             body = CASE WHEN ?5 = (SELECT body FROM events WHERE id = deliveries.event_id) THEN NULL ELSE ?5 END \
+             WHERE seq = ?1",
+        )?
+        .execute(params![u.seq, r.plugin, r.request.content_type, headers, r.request.body])?;
+    }
+    if let Some(a) = &u.attempt {
+        tx.prepare_cached(
+            "INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
+             VALUES (?1, (SELECT attempts + 1 FROM deliveries WHERE seq = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![u.seq, a.started_at, a.duration_ms, a.status, a.error_kind, a.error, a.response])?;
+    }
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = ?2, reason = ?3, next_attempt_at = ?4, updated_at = ?5, \
+         attempts = attempts + ?6, plugin = COALESCE(?7, plugin) WHERE seq = ?1",
+    )?
+    .execute(params![
+        u.seq,
+        u.state.as_str(),
+        u.reason,
+        u.next_attempt_at,
+        now,
+        u.attempt.is_some() as i64,
+        u.plugin
+    ])?;
+    Ok(())
+}
+
+pub fn set_client(
+    tx: &Transaction<'_>,
+    client_id: &str,
+    disabled: Option<&str>,
+    failing_since: Option<i64>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO client_state (client_id, disabled_at, disabled_reason, failing_since) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (client_id) DO UPDATE SET disabled_at = ?2, disabled_reason = ?3, failing_since = ?4",
+    )?
+    .execute(params![client_id, disabled.map(|_| now_ms()), disabled, failing_since])?;
+    Ok(())
+}
+
+/// Makes deliveries due again. Rendered ones are resent as stored, now; the
+/// others are parked as `held`, so the client's worker renders them afresh with
+/// the plugin it has.
+pub fn replay(tx: &Transaction<'_>, seqs: &[i64]) -> rusqlite::Result<usize> {
+    let now = now_ms();
+    let mut n = 0;
+    let mut stmt = tx.prepare_cached(
+        "UPDATE deliveries SET state = CASE WHEN rendered = 1 THEN 'retrying' ELSE 'held' END, \
+         plugin = CASE WHEN rendered = 1 THEN plugin ELSE NULL END, \
+         next_attempt_at = ?2, reason = 'replayed', updated_at = ?2 WHERE seq = ?1",
+    )?;
+    for seq in seqs {
+        n += stmt.execute(params![seq, now])?;
+    }
+    Ok(n)
+}
