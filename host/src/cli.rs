@@ -16,8 +16,13 @@ use serde_json::json;
 pub fn init_logging(plugin_command: bool) {
     use tracing_subscriber::EnvFilter;
     // `plugin test` shows the guest's own log lines; the host's are noise there.
-    let default = if plugin_command { "warn,plugin=trace" } else { "info" };
-    let filter = EnvFilter::try_from_env("HOOKWASM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let default = if plugin_command {
+        "warn,plugin=trace"
+    } else {
+        "info"
+    };
+    let filter =
+        EnvFilter::try_from_env("HOOKWASM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -30,7 +35,13 @@ pub fn init_logging(plugin_command: bool) {
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
-        let s = cause.to_string().lines().next().unwrap_or("").trim().to_string();
+        let s = cause
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }
@@ -67,27 +78,49 @@ async fn shutdown_signal() {
 }
 
 fn read_plugin(path: &Path) -> Result<(String, Vec<u8>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the plugin {}", path.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plugin.wasm").to_string();
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the plugin {}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("plugin.wasm")
+        .to_string();
     Ok((name, bytes))
 }
 
-pub async fn plugin_test(plugin: &Path, event: &Path, config: &[String], client: &str) -> Result<ExitCode> {
+pub async fn plugin_test(
+    plugin: &Path,
+    event: &Path,
+    config: &[String],
+    client: &str,
+) -> Result<ExitCode> {
     let (name, bytes) = read_plugin(plugin)?;
-    let raw = std::fs::read(event).with_context(|| format!("cannot read the event {}", event.display()))?;
-    let event = Event::parse(new_event_id(), Bytes::from(raw)).map_err(|e| anyhow!("{} is not an event: {e}", event.display()))?;
+    let raw = std::fs::read(event)
+        .with_context(|| format!("cannot read the event {}", event.display()))?;
+    let event = Event::parse(new_event_id(), Bytes::from(raw))
+        .map_err(|e| anyhow!("{} is not an event: {e}", event.display()))?;
     let mut kv = Vec::new();
     for entry in config {
-        let (k, v) = entry.split_once('=').ok_or_else(|| anyhow!("--config {entry:?} is not KEY=VALUE"))?;
+        let (k, v) = entry
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--config {entry:?} is not KEY=VALUE"))?;
         kv.push((k.to_string(), v.to_string()));
     }
     let client = client.to_string();
     let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
         let runtime = Runtime::new()?;
-        let plugin = runtime.load(&name, &bytes).map_err(|e| anyhow!("{name}: {e}"))?;
+        let plugin = runtime
+            .load(&name, &bytes)
+            .map_err(|e| anyhow!("{name}: {e}"))?;
         let limits = PluginLimits::default();
-        let cx = CallContext { client_id: &client, config: &kv, limits: &limits };
-        Ok(runtime.call(&plugin, &event, &cx).map_err(|e| (plugin.file.clone(), plugin.hash.clone(), e)))
+        let cx = CallContext {
+            client_id: &client,
+            config: &kv,
+            limits: &limits,
+        };
+        Ok(runtime
+            .call(&plugin, &event, &cx)
+            .map_err(|e| (plugin.file.clone(), plugin.hash.clone(), e)))
     })
     .await??;
     match verdict {
@@ -116,7 +149,8 @@ pub fn verdict_json(v: &Verdict) -> serde_json::Value {
                 Ok(s) => out["body"] = json!(s),
                 Err(_) => {
                     use base64::Engine as _;
-                    out["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
+                    out["body_base64"] =
+                        json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
                 }
             }
             out
@@ -129,12 +163,19 @@ pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
     let (name, bytes) = read_plugin(plugin)?;
     let outcome = tokio::task::spawn_blocking(move || -> Result<_> {
         let runtime = Runtime::new()?;
-        Ok(runtime.load(&name, &bytes).map_err(|e| format!("{name}: {e}")))
+        Ok(runtime
+            .load(&name, &bytes)
+            .map_err(|e| format!("{name}: {e}")))
     })
     .await??;
     match outcome {
         Ok(p) => {
-            println!("{}: ok, a hookwasm plugin for world hookwasm:plugin/plugin@{} (version {})", p.file, p.world.as_str(), p.hash);
+            println!(
+                "{}: ok, a hookwasm plugin for world hookwasm:plugin/plugin@{} (version {})",
+                p.file,
+                p.world.as_str(),
+                p.hash
+            );
             println!("imports:");
             for i in &p.imports {
                 println!("  {i}");
@@ -149,23 +190,34 @@ pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
 }
 
 pub async fn receive(listen: &str, secret: Option<&str>, status: u16) -> Result<ExitCode> {
-    let secret = secret.map(Secret::parse).transpose().map_err(|e| anyhow!("--secret: {e}"))?;
-    let status = axum::http::StatusCode::from_u16(status).map_err(|_| anyhow!("--status {status} is not an HTTP status"))?;
+    let secret = secret
+        .map(Secret::parse)
+        .transpose()
+        .map_err(|e| anyhow!("--secret: {e}"))?;
+    let status = axum::http::StatusCode::from_u16(status)
+        .map_err(|_| anyhow!("--status {status} is not an HTTP status"))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow!("cannot listen on {listen} ({e}); pick another --listen address"))?;
-    eprintln!("hookwasm receive: listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "hookwasm receive: listening on http://{}",
+        listener.local_addr()?
+    );
     let secret = Arc::new(secret);
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let secret = secret.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+            let body = axum::body::to_bytes(body, 64 << 20)
+                .await
+                .unwrap_or_default();
             print_delivery(&parts, &body, secret.as_ref().as_ref());
             status
         }
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -177,7 +229,12 @@ fn print_delivery(parts: &axum::http::request::Parts, body: &[u8], secret: Optio
         out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("<binary>")));
     }
     let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-    match (secret, header("webhook-id"), header("webhook-timestamp"), header("webhook-signature")) {
+    match (
+        secret,
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) {
         (None, ..) => {}
         (Some(s), Some(id), Some(ts), Some(sig)) => {
             let ts_num: i64 = ts.parse().unwrap_or(0);
@@ -185,11 +242,15 @@ fn print_delivery(parts: &axum::http::request::Parts, body: &[u8], secret: Optio
             let ok = hookwasm::deliver::sign::verify(s, id, ts_num, body, sig);
             out.push_str(&match (ok, age <= 300) {
                 (true, true) => "signature: verified\n".to_string(),
-                (true, false) => format!("signature: valid but the timestamp is {age}s off (receivers allow 300s)\n"),
+                (true, false) => format!(
+                    "signature: valid but the timestamp is {age}s off (receivers allow 300s)\n"
+                ),
                 (false, _) => "signature: DOES NOT VERIFY with the given secret\n".to_string(),
             });
         }
-        (Some(_), ..) => out.push_str("signature: MISSING (webhook-id, webhook-timestamp or webhook-signature absent)\n"),
+        (Some(_), ..) => out.push_str(
+            "signature: MISSING (webhook-id, webhook-timestamp or webhook-signature absent)\n",
+        ),
     }
     out.push('\n');
     match serde_json::from_slice::<serde_json::Value>(body) {
@@ -202,7 +263,13 @@ fn print_delivery(parts: &axum::http::request::Parts, body: &[u8], secret: Optio
     let _ = stdout.flush();
 }
 
-pub fn deliveries(config: &Path, client: Option<&str>, state: Option<&str>, limit: usize, json: bool) -> Result<ExitCode> {
+pub fn deliveries(
+    config: &Path,
+    client: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode> {
     let config = Config::load(config)?;
     if let Some(c) = client
         && config.client(c).is_none()
@@ -212,7 +279,9 @@ pub fn deliveries(config: &Path, client: Option<&str>, state: Option<&str>, limi
     if let Some(s) = state
         && hookwasm::store::State::parse(s).is_none()
     {
-        bail!("--state {s:?} is not one of pending, held, plugin_error, retrying, delivered, skipped, failed");
+        bail!(
+            "--state {s:?} is not one of pending, held, plugin_error, retrying, delivered, skipped, failed"
+        );
     }
     let rows = Inspector::open(&config.store.path)?.deliveries(client, state, limit)?;
     for d in &rows {
@@ -238,7 +307,12 @@ pub fn deliveries(config: &Path, client: Option<&str>, state: Option<&str>, limi
                 (None, Some(k)) => format!("{k}: {}", a.error.as_deref().unwrap_or("")),
                 _ => "?".into(),
             };
-            println!("    attempt {} at {} took {} ms: {what}", a.n, format_ms(a.started_at), a.duration_ms);
+            println!(
+                "    attempt {} at {} took {} ms: {what}",
+                a.n,
+                format_ms(a.started_at),
+                a.duration_ms
+            );
         }
         if let (Some(at), "retrying") = (d.next_attempt_at, d.state.as_str()) {
             println!("    next attempt at {}", format_ms(at));
@@ -255,7 +329,12 @@ fn format_ms(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-pub async fn replay(config: &Path, delivery: Option<&str>, client: Option<&str>, since: Option<&str>) -> Result<ExitCode> {
+pub async fn replay(
+    config: &Path,
+    delivery: Option<&str>,
+    client: Option<&str>,
+    since: Option<&str>,
+) -> Result<ExitCode> {
     let config = Config::load(config)?;
     if delivery.is_none() && client.is_none() {
         bail!("say what to replay: --delivery msg_… or --client ID --since TIME");
@@ -281,8 +360,9 @@ fn parse_since(s: &str) -> Result<i64> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
         return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64);
     }
-    let ago = humantime::parse_duration(s)
-        .map_err(|_| anyhow!("--since {s:?} is neither a time (2026-05-24T21:00:00Z) nor a duration (2h)"))?;
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        anyhow!("--since {s:?} is neither a time (2026-05-24T21:00:00Z) nor a duration (2h)")
+    })?;
     Ok(now_ms() - ago.as_millis() as i64)
 }
 
@@ -295,10 +375,18 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let lines: Vec<(usize, String)> =
-        text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l.to_string())).collect();
+    let lines: Vec<(usize, String)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect();
     let addr = config.server.listen;
-    let host = if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() };
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
     let url = format!("http://{host}/v1/events");
     let http = reqwest::Client::new();
     let bar = indicatif::ProgressBar::new(lines.len() as u64);
@@ -311,7 +399,10 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
         .map(|(n, line)| {
             let (http, url, token, bar) = (http.clone(), url.clone(), token.clone(), bar.clone());
             async move {
-                let mut req = http.post(&url).header("content-type", "application/json").body(line);
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(line);
                 if let Some(t) = token {
                     req = req.bearer_auth(t);
                 }
@@ -319,9 +410,14 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
                     Ok(resp) if resp.status().as_u16() == 202 => Ok(()),
                     Ok(resp) => {
                         let status = resp.status();
-                        Err(format!("{status}: {}", resp.text().await.unwrap_or_default().trim()))
+                        Err(format!(
+                            "{status}: {}",
+                            resp.text().await.unwrap_or_default().trim()
+                        ))
                     }
-                    Err(e) if e.is_connect() => Err(format!("no host answers at {url}; start it with `hookwasm serve`")),
+                    Err(e) if e.is_connect() => Err(format!(
+                        "no host answers at {url}; start it with `hookwasm serve`"
+                    )),
                     Err(e) => Err(e.to_string()),
                 };
                 bar.inc(1);
@@ -336,8 +432,16 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
     for (n, r) in failed.iter().take(20) {
         eprintln!("line {n}: {}", r.as_ref().unwrap_err());
     }
-    println!("{} events accepted, {} refused", results.len() - failed.len(), failed.len());
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "{} events accepted, {} refused",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn clients_list(config: &Path) -> Result<ExitCode> {

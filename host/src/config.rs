@@ -99,7 +99,10 @@ impl Default for Delivery {
         // Svix's schedule: 8 attempts over about 27 hours.
         let schedule = ["5s", "5m", "30m", "2h", "5h", "10h", "10h"];
         Delivery {
-            retry_schedule: schedule.iter().map(|s| humantime::parse_duration(s).unwrap()).collect(),
+            retry_schedule: schedule
+                .iter()
+                .map(|s| humantime::parse_duration(s).unwrap())
+                .collect(),
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             allow_private_networks: false,
@@ -156,7 +159,10 @@ impl Secret {
             .decode(b64)
             .map_err(|e| anyhow!("the part after `whsec_` is not base64 ({e})"))?;
         if !(24..=64).contains(&key.len()) {
-            bail!("the key is {} bytes; Standard Webhooks wants 24 to 64", key.len());
+            bail!(
+                "the key is {} bytes; Standard Webhooks wants 24 to 64",
+                key.len()
+            );
         }
         Ok(Secret { key })
     }
@@ -254,7 +260,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\" or \"5m\" ({e})")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration like \"30s\" or \"5m\" ({e})"
+                ))
+            })
     }
 }
 
@@ -272,7 +282,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -281,15 +293,22 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size like \"64MiB\""))?;
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like \"64MiB\""))?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
         "GiB" | "G" | "GB" => 1 << 30,
-        other => return Err(format!("`{other}` in `{s}` is not a unit (B, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "`{other}` in `{s}` is not a unit (B, KiB, MiB or GiB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 // ---- Loading ---------------------------------------------------------------------
@@ -301,7 +320,13 @@ impl Config {
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
         let base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         Config::parse(&text, &base_dir).with_context(|| format!("config file {}", path.display()))
@@ -309,10 +334,14 @@ impl Config {
 
     /// Checks `text` as a config file in folder `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow!("{}", one_line(&e.to_string())))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| anyhow!("{}", one_line(&e.to_string())))?;
 
         let listen = raw.server.listen.parse::<SocketAddr>().map_err(|_| {
-            anyhow!("server.listen = {:?} is not an address like \"127.0.0.1:8080\"", raw.server.listen)
+            anyhow!(
+                "server.listen = {:?} is not an address like \"127.0.0.1:8080\"",
+                raw.server.listen
+            )
         })?;
         if let Some(t) = &raw.server.ingest_token
             && t.is_empty()
@@ -325,20 +354,38 @@ impl Config {
             max_body: raw.server.max_body.map_or(1 << 20, |b| b.0),
         };
 
-        let limits = apply_limits(&PluginLimits::default(), &raw.plugins.limits, "plugins.limits")?;
-        let plugins = Plugins { dir: base_dir.join(&raw.plugins.dir), limits };
-        let store = Store { path: base_dir.join(&raw.store.path) };
+        let limits = apply_limits(
+            &PluginLimits::default(),
+            &raw.plugins.limits,
+            "plugins.limits",
+        )?;
+        let plugins = Plugins {
+            dir: base_dir.join(&raw.plugins.dir),
+            limits,
+        };
+        let store = Store {
+            path: base_dir.join(&raw.store.path),
+        };
         let delivery = apply_delivery(&Delivery::default(), &raw.delivery, "delivery")?;
 
         let mut clients: Vec<Client> = Vec::new();
         for (i, table) in raw.clients.into_iter().enumerate() {
             let client = parse_client(i, table, &delivery, &plugins.limits)?;
             if clients.iter().any(|c| c.id == client.id) {
-                bail!("clients: two clients have the id {:?}; ids must be unique", client.id);
+                bail!(
+                    "clients: two clients have the id {:?}; ids must be unique",
+                    client.id
+                );
             }
             clients.push(client);
         }
-        Ok(Config { base_dir: base_dir.to_path_buf(), server, plugins, store, clients })
+        Ok(Config {
+            base_dir: base_dir.to_path_buf(),
+            server,
+            plugins,
+            store,
+            clients,
+        })
     }
 
     pub fn client(&self, id: &str) -> Option<&Client> {
@@ -350,9 +397,17 @@ impl Config {
 /// and the position so the error stays one line.
 fn one_line(msg: &str) -> String {
     let mut lines = msg.lines().filter(|l| !l.trim().is_empty());
-    let head = lines.next().unwrap_or("invalid TOML").trim().trim_start_matches("TOML parse error ");
+    let head = lines
+        .next()
+        .unwrap_or("invalid TOML")
+        .trim()
+        .trim_start_matches("TOML parse error ");
     let detail = msg.lines().last().unwrap_or("").trim();
-    if detail.is_empty() || head.contains(detail) { head.to_string() } else { format!("{head}: {detail}") }
+    if detail.is_empty() || head.contains(detail) {
+        head.to_string()
+    } else {
+        format!("{head}: {detail}")
+    }
 }
 
 const DELIVERY_KEYS: &[&str] = &[
@@ -365,7 +420,12 @@ const DELIVERY_KEYS: &[&str] = &[
     "disable_after",
 ];
 
-fn parse_client(index: usize, mut table: toml::Table, base: &Delivery, limits: &PluginLimits) -> Result<Client> {
+fn parse_client(
+    index: usize,
+    mut table: toml::Table,
+    base: &Delivery,
+    limits: &PluginLimits,
+) -> Result<Client> {
     let name = match table.get("id") {
         Some(toml::Value::String(s)) => format!("client {s:?}"),
         _ => format!("clients[{index}]"),
@@ -384,21 +444,38 @@ fn parse_client(index: usize, mut table: toml::Table, base: &Delivery, limits: &
         .try_into()
         .map_err(|e: toml::de::Error| anyhow!("{name}: {}", one_line(&e.to_string())))?;
 
-    if raw.id.is_empty() || !raw.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        bail!("{name}: id {:?} must be non-empty and use only letters, digits, `-`, `_` and `.`", raw.id);
+    if raw.id.is_empty()
+        || !raw
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "{name}: id {:?} must be non-empty and use only letters, digits, `-`, `_` and `.`",
+            raw.id
+        );
     }
-    let url = reqwest::Url::parse(&raw.url).map_err(|e| anyhow!("{name}: url {:?} is not a URL ({e})", raw.url))?;
+    let url = reqwest::Url::parse(&raw.url)
+        .map_err(|e| anyhow!("{name}: url {:?} is not a URL ({e})", raw.url))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        bail!("{name}: url {:?} must be an http:// or https:// URL with a host", raw.url);
+        bail!(
+            "{name}: url {:?} must be an http:// or https:// URL with a host",
+            raw.url
+        );
     }
     if let Some(p) = &raw.plugin
         && (p.contains('/') || p.contains('\\') || !p.ends_with(".wasm"))
     {
-        bail!("{name}: plugin {p:?} must be a file name ending in .wasm inside plugins.dir (no folders)");
+        bail!(
+            "{name}: plugin {p:?} must be a file name ending in .wasm inside plugins.dir (no folders)"
+        );
     }
     for e in &raw.events {
         if !KNOWN_EVENTS.contains(&e.as_str()) {
-            bail!("{name}: events names {e:?}, which Phraseanet does not send; known events: {}", KNOWN_EVENTS.join(", "));
+            bail!(
+                "{name}: events names {e:?}, which Phraseanet does not send; known events: {}",
+                KNOWN_EVENTS.join(", ")
+            );
         }
     }
     let secrets = match raw.secret {
@@ -413,8 +490,12 @@ fn parse_client(index: usize, mut table: toml::Table, base: &Delivery, limits: &
     for (k, v) in raw.config {
         let v = match v {
             toml::Value::String(s) => s,
-            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => v.to_string(),
-            _ => bail!("{name}: config.{k} must be a string, number or boolean (plugins get strings)"),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                v.to_string()
+            }
+            _ => bail!(
+                "{name}: config.{k} must be a string, number or boolean (plugins get strings)"
+            ),
         };
         config.push((k, v));
     }
@@ -451,7 +532,11 @@ fn apply_delivery(base: &Delivery, raw: &RawDelivery, ctx: &str) -> Result<Deliv
             .map(|n| {
                 n.parse::<IpNet>()
                     .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
-                    .map_err(|_| anyhow!("{ctx}: allowed_networks: {n:?} is not a network like \"127.0.0.0/8\""))
+                    .map_err(|_| {
+                        anyhow!(
+                            "{ctx}: allowed_networks: {n:?} is not a network like \"127.0.0.0/8\""
+                        )
+                    })
             })
             .collect::<Result<_>>()?;
     }
@@ -549,14 +634,24 @@ mod tests {
         assert_eq!(a.delivery.timeout, Duration::from_secs(2));
         assert_eq!(a.delivery.retry_schedule, vec![Duration::from_secs(1)]);
         assert_eq!(a.delivery.allowed_networks.len(), 1);
-        assert_eq!(a.config, vec![("channel".into(), "#press".into()), ("n".into(), "3".into())]);
+        assert_eq!(
+            a.config,
+            vec![
+                ("channel".into(), "#press".into()),
+                ("n".into(), "3".into())
+            ]
+        );
         assert_eq!(a.secrets.len(), 1);
         assert!(a.wants("record.created"));
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        assert!(err("[server2]\nx=1").contains("server2"), "{}", err("[server2]\nx=1"));
+        assert!(
+            err("[server2]\nx=1").contains("server2"),
+            "{}",
+            err("[server2]\nx=1")
+        );
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\ntimout=\"1s\"");
         assert!(e.contains("timout") && e.contains("client \"a\""), "{e}");
         let e = err("[delivery]\nretry_shedule=[]");
@@ -571,8 +666,13 @@ mod tests {
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nsecret=\"abc\"");
         assert!(e.contains("whsec_"), "{e}");
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nevents=[\"new_feed_entries\"]");
-        assert!(e.contains("new_feed_entries") && e.contains("known events"), "{e}");
-        let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\n[[clients]]\nid=\"a\"\nurl=\"http://y.org\"");
+        assert!(
+            e.contains("new_feed_entries") && e.contains("known events"),
+            "{e}"
+        );
+        let e = err(
+            "[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\n[[clients]]\nid=\"a\"\nurl=\"http://y.org\"",
+        );
         assert!(e.contains("unique"), "{e}");
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nplugin=\"../x.wasm\"");
         assert!(e.contains("file name"), "{e}");

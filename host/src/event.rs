@@ -50,7 +50,7 @@ pub struct Event {
 /// The typed view of an event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
-    NewFeedEntry(NewFeedEntry),
+    NewFeedEntry(Box<NewFeedEntry>),
     Other,
 }
 
@@ -127,7 +127,9 @@ pub enum EventError {
     Null,
     #[error("the body is a JSON {0}, not an object")]
     NotObject(&'static str),
-    #[error("the body names no event: it needs a string `event` (current format) or `name` (documented format)")]
+    #[error(
+        "the body names no event: it needs a string `event` (current format) or `name` (documented format)"
+    )]
     NoName,
     #[error("`{field}` {problem}")]
     Field { field: String, problem: String },
@@ -136,7 +138,8 @@ pub enum EventError {
 impl Event {
     /// Parses `raw` as a Phraseanet event, in either format, under the id `id`.
     pub fn parse(id: String, raw: Bytes) -> Result<Event, EventError> {
-        let value: Value = serde_json::from_slice(&raw).map_err(|e| EventError::NotJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(&raw).map_err(|e| EventError::NotJson(e.to_string()))?;
         let obj = match &value {
             Value::Object(o) => o,
             Value::Null => return Err(EventError::Null),
@@ -146,17 +149,25 @@ impl Event {
             Value::Bool(_) => return Err(EventError::NotObject("boolean")),
         };
         let name = match (obj.get("event"), obj.get("name")) {
-            (Some(Value::String(s)), _) | (None, Some(Value::String(s))) if !s.is_empty() => s.clone(),
+            (Some(Value::String(s)), _) | (None, Some(Value::String(s))) if !s.is_empty() => {
+                s.clone()
+            }
             (Some(v), _) if !v.is_string() => return Err(field("event", "must be a string", v)),
             (None, Some(v)) if !v.is_string() => return Err(field("name", "must be a string", v)),
             _ => return Err(EventError::NoName),
         };
         let source = parse_source(obj)?;
         let payload = match name.as_str() {
-            "new_feed_entry" => Payload::NewFeedEntry(typed(&value)?),
+            "new_feed_entry" => Payload::NewFeedEntry(Box::new(typed(&value)?)),
             _ => Payload::Other,
         };
-        Ok(Event { id, name, raw, payload, source })
+        Ok(Event {
+            id,
+            name,
+            raw,
+            payload,
+            source,
+        })
     }
 }
 
@@ -174,14 +185,21 @@ fn field(name: &str, problem: &str, got: &Value) -> EventError {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    EventError::Field { field: name.to_string(), problem: format!("{problem}, not {kind}") }
+    EventError::Field {
+        field: name.to_string(),
+        problem: format!("{problem}, not {kind}"),
+    }
 }
 
 /// The envelope is all or nothing: `webhookId` marks the current format, and then
 /// `url` and `instance_name` must be there too.
 fn parse_source(obj: &serde_json::Map<String, Value>) -> Result<Option<Source>, EventError> {
-    let Some(id) = obj.get("webhookId") else { return Ok(None) };
-    let webhook_id = id.as_i64().ok_or_else(|| field("webhookId", "must be an integer", id))?;
+    let Some(id) = obj.get("webhookId") else {
+        return Ok(None);
+    };
+    let webhook_id = id
+        .as_i64()
+        .ok_or_else(|| field("webhookId", "must be an integer", id))?;
     let text = |key: &str| -> Result<String, EventError> {
         match obj.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
@@ -199,13 +217,21 @@ fn parse_source(obj: &serde_json::Map<String, Value>) -> Result<Option<Source>, 
             problem: format!("must be {{\"date\": …, \"timezone\": …}} ({e})"),
         })?),
     };
-    Ok(Some(Source { webhook_id, url: text("url")?, instance_name: text("instance_name")?, time }))
+    Ok(Some(Source {
+        webhook_id,
+        url: text("url")?,
+        instance_name: text("instance_name")?,
+        time,
+    }))
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, EventError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        EventError::Field { field: path, problem: e.into_inner().to_string() }
+        EventError::Field {
+            field: path,
+            problem: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -243,7 +269,8 @@ mod tests {
     }
 
     const CURRENT: &str = include_str!("../../tests/fixtures/events/new_feed_entry.json");
-    const DOCUMENTED: &str = include_str!("../../tests/fixtures/events/new_feed_entry.documented.json");
+    const DOCUMENTED: &str =
+        include_str!("../../tests/fixtures/events/new_feed_entry.documented.json");
 
     #[test]
     fn both_formats_give_one_typed_view() {
@@ -251,7 +278,8 @@ mod tests {
         let doc = parse(DOCUMENTED).unwrap();
         assert_eq!(cur.name, "new_feed_entry");
         assert_eq!(doc.name, "new_feed_entry");
-        let (Payload::NewFeedEntry(c), Payload::NewFeedEntry(d)) = (&cur.payload, &doc.payload) else {
+        let (Payload::NewFeedEntry(c), Payload::NewFeedEntry(d)) = (&cur.payload, &doc.payload)
+        else {
             panic!("not typed")
         };
         assert_eq!(c.feed.title, d.feed.title);
@@ -262,9 +290,16 @@ mod tests {
         assert_eq!(c.users[0].email, "bradley72@yahoo.com");
         assert_eq!(d.users[0].email, "bradley72@yahoo.com");
         assert_eq!(c.users[1].lastname, None);
-        assert!(c.entry.description.ends_with("Palme d\u{2019}or: \u{c9}lise"));
+        assert!(
+            c.entry
+                .description
+                .ends_with("Palme d\u{2019}or: \u{c9}lise")
+        );
         let s = cur.source.unwrap();
-        assert_eq!((s.webhook_id, s.instance_name.as_str()), (12, "Festival DAM"));
+        assert_eq!(
+            (s.webhook_id, s.instance_name.as_str()),
+            (12, "Festival DAM")
+        );
         assert_eq!(s.time.unwrap().timezone, "Europe/Paris");
         assert!(doc.source.is_none());
         assert_eq!(&cur.raw[..], CURRENT.as_bytes());
@@ -293,13 +328,17 @@ mod tests {
         assert!(msg("{").contains("not JSON"));
         assert!(msg("{}").contains("names no event"));
         assert!(msg(r#"{"event": 3}"#).contains("`event` must be a string, not a number"));
-        assert!(msg(r#"{"event":"x","webhookId":"12"}"#).contains("`webhookId` must be an integer"));
+        assert!(
+            msg(r#"{"event":"x","webhookId":"12"}"#).contains("`webhookId` must be an integer")
+        );
         assert!(msg(r#"{"event":"x","webhookId":12}"#).contains("`url` is missing"));
         let m = msg(r#"{"name":"new_feed_entry","feed":{"title":3},"entry":{}}"#);
         assert!(m.starts_with("`feed.title`"), "{m}");
         let m = msg(r#"{"name":"new_feed_entry","feed":{"title":"t"}}"#);
         assert!(m.contains("entry"), "{m}");
-        let m = msg(r#"{"name":"new_feed_entry","feed":{"title":"t"},"entry":{"title":"e","author":{}},"users":[{"email":1}]}"#);
+        let m = msg(
+            r#"{"name":"new_feed_entry","feed":{"title":"t"},"entry":{"title":"e","author":{}},"users":[{"email":1}]}"#,
+        );
         assert!(m.starts_with("`users"), "{m}");
     }
 }

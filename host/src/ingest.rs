@@ -38,7 +38,12 @@ pub fn router(state: Arc<Ingest>) -> axum::Router {
         // The body is read with our own limit so the 413 says what the limit is.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; events go to POST /v1/events") })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route; events go to POST /v1/events",
+            )
+        })
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -74,13 +79,27 @@ async fn post_event(
             }
         }
     }
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime != "application/json" && mime != "application/vnd.phraseanet.event+json" {
-        let got = if ct.is_empty() { "none".to_string() } else { format!("{ct:?}") };
+        let got = if ct.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{ct:?}")
+        };
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content type {got}; send application/json or application/vnd.phraseanet.event+json"),
+            format!(
+                "content type {got}; send application/json or application/vnd.phraseanet.event+json"
+            ),
         );
     }
     let bytes: Bytes = match axum::body::to_bytes(body, st.max_body).await {
@@ -88,7 +107,10 @@ async fn post_event(
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over the limit of {} bytes (server.max_body)", st.max_body),
+                format!(
+                    "the body is over the limit of {} bytes (server.max_body)",
+                    st.max_body
+                ),
             );
         }
     };
@@ -100,11 +122,22 @@ async fn post_event(
     let count = deliveries.len();
     let (dispatcher, ev, ds) = (st.dispatcher.clone(), event.clone(), deliveries.clone());
     let after = Box::new(move |seqs: &[i64]| dispatcher.enqueue(&ev, &ds, seqs));
-    match st.store.ingest(event.clone(), deliveries, Some(after)).await {
-        Ok(_) => (StatusCode::ACCEPTED, Json(json!({ "id": event.id, "deliveries": count }))).into_response(),
+    match st
+        .store
+        .ingest(event.clone(), deliveries, Some(after))
+        .await
+    {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": event.id, "deliveries": count })),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!("event not stored: {e}");
-            error(StatusCode::SERVICE_UNAVAILABLE, format!("the event could not be stored, send it again: {e}"))
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the event could not be stored, send it again: {e}"),
+            )
         }
     }
 }

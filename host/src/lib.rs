@@ -26,7 +26,10 @@ pub async fn serve(
 ) -> Result<()> {
     let store = store::Store::open(&config.store.path)?;
     let runtime = Arc::new(plugin::Runtime::new().context("cannot start the WebAssembly engine")?);
-    let registry = Arc::new(plugin::registry::Registry::new(&config.plugins.dir, runtime));
+    let registry = Arc::new(plugin::registry::Registry::new(
+        &config.plugins.dir,
+        runtime,
+    ));
     registry.load_all().await?;
     let _watch = registry.watch()?;
     for c in &config.clients {
@@ -37,7 +40,11 @@ pub async fn serve(
         }
     }
 
-    let dispatcher = Arc::new(deliver::Dispatcher::new(&config.clients, &store, &registry)?);
+    let dispatcher = Arc::new(deliver::Dispatcher::new(
+        &config.clients,
+        &store,
+        &registry,
+    )?);
     dispatcher.start();
 
     let app = ingest::router(Arc::new(ingest::Ingest {
@@ -52,7 +59,9 @@ pub async fn serve(
         plugins = %config.plugins.dir.display(), store = %config.store.path.display(),
         "hookwasm {} serving", env!("CARGO_PKG_VERSION")
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
 
     tracing::info!("stopping: finishing the attempts in flight");
     dispatcher.shutdown().await;

@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hookwasm", version, about = "Phraseanet webhooks, filtered and transformed per client by WebAssembly plugins")]
+#[command(
+    name = "hookwasm",
+    version,
+    about = "Phraseanet webhooks, filtered and transformed per client by WebAssembly plugins"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let quiet_default = matches!(args.command, Command::Plugin(_));
     cli::init_logging(quiet_default);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hookwasm: cannot start: {e}");
@@ -128,20 +135,44 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Serve { config } => cli::serve(&config).await,
-            Command::Plugin(PluginCommand::Test { plugin, event, config, client }) => {
-                cli::plugin_test(&plugin, &event, &config, &client).await
-            }
+            Command::Plugin(PluginCommand::Test {
+                plugin,
+                event,
+                config,
+                client,
+            }) => cli::plugin_test(&plugin, &event, &config, &client).await,
             Command::Plugin(PluginCommand::Check { plugin }) => cli::plugin_check(&plugin).await,
-            Command::Receive { listen, secret, status } => cli::receive(&listen, secret.as_deref(), status).await,
-            Command::Deliveries { config, client, state, limit, json } => {
-                cli::deliveries(&config, client.as_deref(), state.as_deref(), limit, json)
-            }
-            Command::Replay { config, delivery, client, since } => {
-                cli::replay(&config, delivery.as_deref(), client.as_deref(), since.as_deref()).await
+            Command::Receive {
+                listen,
+                secret,
+                status,
+            } => cli::receive(&listen, secret.as_deref(), status).await,
+            Command::Deliveries {
+                config,
+                client,
+                state,
+                limit,
+                json,
+            } => cli::deliveries(&config, client.as_deref(), state.as_deref(), limit, json),
+            Command::Replay {
+                config,
+                delivery,
+                client,
+                since,
+            } => {
+                cli::replay(
+                    &config,
+                    delivery.as_deref(),
+                    client.as_deref(),
+                    since.as_deref(),
+                )
+                .await
             }
             Command::Ingest { config, file } => cli::ingest(&config, &file).await,
             Command::Clients(ClientsCommand::List { config }) => cli::clients_list(&config),
-            Command::Clients(ClientsCommand::Enable { id, config }) => cli::clients_enable(&config, &id).await,
+            Command::Clients(ClientsCommand::Enable { id, config }) => {
+                cli::clients_enable(&config, &id).await
+            }
         }
     });
     match result {

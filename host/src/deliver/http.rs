@@ -31,7 +31,10 @@ pub struct AddressPolicy {
 
 impl AddressPolicy {
     pub fn new(d: &Delivery) -> AddressPolicy {
-        AddressPolicy { allow_private: d.allow_private_networks, allowed: d.allowed_networks.clone() }
+        AddressPolicy {
+            allow_private: d.allow_private_networks,
+            allowed: d.allowed_networks.clone(),
+        }
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
@@ -85,14 +88,24 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| policy.allows(a.ip())).collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| policy.allows(a.ip()))
+                .collect();
             if allowed.is_empty() && !addrs.is_empty() {
                 return Err(Box::new(Blocked(format!(
                     "{host} resolves only to private or reserved addresses ({}); allow them with \
                      allow_private_networks or allowed_networks",
-                    addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
-                ))) as Box<dyn std::error::Error + Send + Sync>);
+                    addrs
+                        .iter()
+                        .map(|a| a.ip().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -108,7 +121,9 @@ struct Blocked(String);
 pub enum Verdict {
     Delivered,
     /// Try again later (no sooner than `retry_after`, when the receiver said).
-    Retry { retry_after: Option<Duration> },
+    Retry {
+        retry_after: Option<Duration>,
+    },
     /// 410 Gone: the endpoint is no more; the client is to be disabled.
     Gone,
 }
@@ -128,13 +143,20 @@ impl Sender {
             .timeout(client.delivery.timeout)
             .connect_timeout(client.delivery.connect_timeout)
             .pool_max_idle_per_host(client.delivery.max_in_flight)
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
             .build()?;
         Ok(Sender { http, policy })
     }
 
     /// Makes one attempt of delivery `msg_id` to `client`.
-    pub async fn attempt(&self, client: &Client, msg_id: &str, req: &Rendered) -> (Attempt, Verdict) {
+    pub async fn attempt(
+        &self,
+        client: &Client,
+        msg_id: &str,
+        req: &Rendered,
+    ) -> (Attempt, Verdict) {
         let started_at = crate::store::now_ms();
         let clock = Instant::now();
         let result = self.send(client, msg_id, req).await;
@@ -156,7 +178,11 @@ impl Sender {
                 } else {
                     attempt.error_kind = Some("status".into());
                     attempt.error = Some(format!("the receiver answered {status}"));
-                    if status == 410 { Verdict::Gone } else { Verdict::Retry { retry_after } }
+                    if status == 410 {
+                        Verdict::Gone
+                    } else {
+                        Verdict::Retry { retry_after }
+                    }
                 }
             }
             Err((kind, msg)) => {
@@ -195,18 +221,30 @@ impl Sender {
         let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
         // Plugin headers first: the host's own, set after, always win.
         for (k, v) in &req.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 headers.append(k, v);
             }
         }
         let ct = req.content_type.as_deref().unwrap_or("application/json");
-        headers.insert("content-type", HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/json")));
+        headers.insert(
+            "content-type",
+            HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/json")),
+        );
         headers.insert("user-agent", HeaderValue::from_static(USER_AGENT));
-        headers.insert("webhook-id", HeaderValue::from_str(msg_id).expect("ids are ASCII"));
+        headers.insert(
+            "webhook-id",
+            HeaderValue::from_str(msg_id).expect("ids are ASCII"),
+        );
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
         if !client.secrets.is_empty() {
             let sig = sign::sign(&client.secrets, msg_id, timestamp, &req.body);
-            headers.insert("webhook-signature", HeaderValue::from_str(&sig).expect("base64 is ASCII"));
+            headers.insert(
+                "webhook-signature",
+                HeaderValue::from_str(&sig).expect("base64 is ASCII"),
+            );
         }
         let response = self
             .http
@@ -217,7 +255,10 @@ impl Sender {
             .await
             .map_err(classify)?;
         let status = response.status().as_u16();
-        let retry_after = response.headers().get("retry-after").and_then(parse_retry_after);
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(parse_retry_after);
         let body = read_capped(response).await;
         Ok((status, retry_after, body))
     }
@@ -228,7 +269,9 @@ async fn read_capped(mut response: reqwest::Response) -> String {
     let mut kept = Vec::new();
     while kept.len() < RESPONSE_KEEP {
         match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_KEEP - kept.len())]),
+            Ok(Some(chunk)) => {
+                kept.extend_from_slice(&chunk[..chunk.len().min(RESPONSE_KEEP - kept.len())])
+            }
             _ => break,
         }
     }
@@ -242,7 +285,10 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let when = httpdate::parse_http_date(s).ok()?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn classify(e: reqwest::Error) -> (&'static str, String) {
@@ -277,14 +323,35 @@ mod tests {
 
     #[test]
     fn policy() {
-        let strict = AddressPolicy { allow_private: false, allowed: vec![] };
-        for ip in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.1.1", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "100.64.0.1", "0.0.0.0"] {
+        let strict = AddressPolicy {
+            allow_private: false,
+            allowed: vec![],
+        };
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "192.168.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "100.64.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!strict.allows(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "8.8.8.8",
+        ] {
             assert!(strict.allows(ip.parse().unwrap()), "{ip}");
         }
-        let lo = AddressPolicy { allow_private: false, allowed: vec!["127.0.0.0/8".parse().unwrap()] };
+        let lo = AddressPolicy {
+            allow_private: false,
+            allowed: vec!["127.0.0.0/8".parse().unwrap()],
+        };
         assert!(lo.allows("127.0.0.1".parse().unwrap()));
         assert!(lo.allows("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!lo.allows("10.0.0.1".parse().unwrap()));
@@ -292,8 +359,14 @@ mod tests {
 
     #[test]
     fn retry_after() {
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("120")), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("120")),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after(&HeaderValue::from_static("soon")), None);
     }
 }

@@ -98,7 +98,11 @@ pub struct ClientStatus {
 
 impl Dispatcher {
     /// Builds a worker for every enabled client.
-    pub fn new(clients: &[Client], store: &Store, registry: &Arc<Registry>) -> anyhow::Result<Dispatcher> {
+    pub fn new(
+        clients: &[Client],
+        store: &Store,
+        registry: &Arc<Registry>,
+    ) -> anyhow::Result<Dispatcher> {
         let mut workers = HashMap::new();
         for c in clients.iter().filter(|c| c.enabled) {
             let (disabled, failing_since) = store.client_state(&c.id)?;
@@ -107,15 +111,25 @@ impl Dispatcher {
                 client: c.clone(),
                 store: store.clone(),
                 registry: registry.clone(),
-                inbox: Mutex::new(Inbox { queue: VecDeque::new(), overflow: true }),
+                inbox: Mutex::new(Inbox {
+                    queue: VecDeque::new(),
+                    overflow: true,
+                }),
                 wake: Notify::new(),
                 permits: Arc::new(Semaphore::new(c.delivery.max_in_flight)),
                 in_flight: Mutex::new(HashSet::new()),
-                health: Mutex::new(Health { disabled, failing_since }),
+                health: Mutex::new(Health {
+                    disabled,
+                    failing_since,
+                }),
             };
             workers.insert(c.id.clone(), Arc::new(worker));
         }
-        Ok(Dispatcher { workers, tasks: Mutex::new(Vec::new()), shutdown: watch::channel(false).0 })
+        Ok(Dispatcher {
+            workers,
+            tasks: Mutex::new(Vec::new()),
+            shutdown: watch::channel(false).0,
+        })
     }
 
     /// The clients an event of this name goes to.
@@ -124,7 +138,10 @@ impl Dispatcher {
             .workers
             .values()
             .filter(|w| w.client.wants(event_name))
-            .map(|w| NewDelivery { id: store::new_delivery_id(), client_id: w.client.id.clone() })
+            .map(|w| NewDelivery {
+                id: store::new_delivery_id(),
+                client_id: w.client.id.clone(),
+            })
             .collect();
         out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         out
@@ -240,7 +257,10 @@ impl Worker {
             }
         }
         // Let attempts in flight finish and their outcomes be committed.
-        let _ = self.permits.acquire_many(self.client.delivery.max_in_flight as u32).await;
+        let _ = self
+            .permits
+            .acquire_many(self.client.delivery.max_in_flight as u32)
+            .await;
     }
 
     /// While disabled, look now and then whether someone enabled the client again.
@@ -251,7 +271,9 @@ impl Worker {
         }
         let store = self.store.clone();
         let id = self.client.id.clone();
-        if let Ok(Ok((None, _))) = tokio::task::spawn_blocking(move || store.client_state(&id)).await {
+        if let Ok(Ok((None, _))) =
+            tokio::task::spawn_blocking(move || store.client_state(&id)).await
+        {
             tracing::info!(client = %self.client.id, "client enabled again");
             *self.health.lock().unwrap() = Health::default();
         }
@@ -279,13 +301,17 @@ impl Worker {
             }
         }
         let after = *last_seq;
-        let mut rows = self.load(move |s, id| s.load_pending(id, after, BATCH)).await;
+        let mut rows = self
+            .load(move |s, id| s.load_pending(id, after, BATCH))
+            .await;
         if rows.is_empty() {
             // Caught up: back to the inbox. Rows committed between that read and
             // the switch were not pushed, so look once more; any that were pushed
             // too are skipped above by their seq.
             self.inbox.lock().unwrap().overflow = false;
-            rows = self.load(move |s, id| s.load_pending(id, after, BATCH)).await;
+            rows = self
+                .load(move |s, id| s.load_pending(id, after, BATCH))
+                .await;
             if !rows.is_empty() {
                 self.inbox.lock().unwrap().overflow = true;
             }
@@ -297,13 +323,18 @@ impl Worker {
     }
 
     /// Runs a store read on the blocking pool, leaving out deliveries in flight.
-    async fn load(&self, read: impl FnOnce(&Store, &str) -> anyhow::Result<Vec<Job>> + Send + 'static) -> Vec<Job> {
+    async fn load(
+        &self,
+        read: impl FnOnce(&Store, &str) -> anyhow::Result<Vec<Job>> + Send + 'static,
+    ) -> Vec<Job> {
         let store = self.store.clone();
         let id = self.client.id.clone();
         match tokio::task::spawn_blocking(move || read(&store, &id)).await {
             Ok(Ok(jobs)) => {
                 let busy = self.in_flight.lock().unwrap();
-                jobs.into_iter().filter(|j| !busy.contains(&j.seq)).collect()
+                jobs.into_iter()
+                    .filter(|j| !busy.contains(&j.seq))
+                    .collect()
             }
             Ok(Err(e)) => {
                 tracing::error!(client = %self.client.id, "cannot read work from the store: {e:#}");
@@ -345,7 +376,9 @@ impl Worker {
 
     async fn run_due_retries(self: &Arc<Self>) {
         let now = store::now_ms();
-        let jobs = self.load(move |s, id| s.load_due_retries(id, now, BATCH)).await;
+        let jobs = self
+            .load(move |s, id| s.load_due_retries(id, now, BATCH))
+            .await;
         self.process(jobs).await;
     }
 
@@ -358,7 +391,8 @@ impl Worker {
             let mut busy = self.in_flight.lock().unwrap();
             busy.extend(jobs.iter().map(|j| j.seq));
         }
-        let (rendered, to_render): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.rendered.is_some());
+        let (rendered, to_render): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.rendered.is_some());
         let verdicts = self.render(&to_render).await;
         let mut sends = Vec::new();
         for (job, verdict) in to_render.into_iter().zip(verdicts) {
@@ -376,7 +410,12 @@ impl Worker {
         }
         // Sends of fresh jobs start in commit order; retries after them.
         for (job, render, first_render) in sends {
-            let permit = self.permits.clone().acquire_owned().await.expect("never closed");
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
             let me = self.clone();
             tokio::spawn(async move {
                 me.attempt(job, render, first_render).await;
@@ -387,7 +426,10 @@ impl Worker {
 
     /// Makes one attempt and records it with the delivery's next state.
     async fn attempt(&self, job: Job, render: StoredRender, first_render: bool) {
-        let (attempt, verdict) = self.sender.attempt(&self.client, &job.id, &render.request).await;
+        let (attempt, verdict) = self
+            .sender
+            .attempt(&self.client, &job.id, &render.request)
+            .await;
         let attempts = job.attempts + 1;
         let schedule = &self.client.delivery.retry_schedule;
         let failed = verdict != http::Verdict::Delivered;
@@ -401,11 +443,15 @@ impl Worker {
             }
             http::Verdict::Retry { .. } if attempts as usize > schedule.len() => {
                 let mut u = Update::new(job.seq, State::Failed);
-                u.reason = Some(format!("gave up after {attempts} attempts: {}", attempt.error.as_deref().unwrap_or("")));
+                u.reason = Some(format!(
+                    "gave up after {attempts} attempts: {}",
+                    attempt.error.as_deref().unwrap_or("")
+                ));
                 u
             }
             http::Verdict::Retry { retry_after } => {
-                let wait = jitter(schedule[attempts as usize - 1]).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+                let wait = jitter(schedule[attempts as usize - 1])
+                    .max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
                 let mut u = Update::new(job.seq, State::Retrying);
                 u.next_attempt_at = Some(store::now_ms() + wait.as_millis() as i64);
                 u.reason = attempt.error.clone();
@@ -434,13 +480,18 @@ impl Worker {
         match (ok, h.failing_since) {
             (true, Some(_)) => {
                 h.failing_since = None;
-                self.store.set_client(&self.client.id, h.disabled.clone(), None);
+                self.store
+                    .set_client(&self.client.id, h.disabled.clone(), None);
             }
             (false, None) => {
                 h.failing_since = Some(now);
-                self.store.set_client(&self.client.id, h.disabled.clone(), Some(now));
+                self.store
+                    .set_client(&self.client.id, h.disabled.clone(), Some(now));
             }
-            (false, Some(since)) if h.disabled.is_none() && now - since >= self.client.delivery.disable_after.as_millis() as i64 => {
+            (false, Some(since))
+                if h.disabled.is_none()
+                    && now - since >= self.client.delivery.disable_after.as_millis() as i64 =>
+            {
                 drop(h);
                 self.disable(&format!(
                     "every delivery failed for {}",
@@ -459,7 +510,8 @@ impl Worker {
         tracing::error!(client = %self.client.id, "client disabled: {why}; its new events are kept. \
             Enable it again with `hookwasm clients enable {}`", self.client.id);
         h.disabled = Some(why.to_string());
-        self.store.set_client(&self.client.id, h.disabled.clone(), h.failing_since);
+        self.store
+            .set_client(&self.client.id, h.disabled.clone(), h.failing_since);
     }
 
     /// What each job becomes: something to send, or a parking update.
@@ -473,7 +525,11 @@ impl Worker {
                 .iter()
                 .map(|j| {
                     Outcome::Send(StoredRender {
-                        request: Rendered { body: j.event.raw.to_vec(), content_type: None, headers: Vec::new() },
+                        request: Rendered {
+                            body: j.event.raw.to_vec(),
+                            content_type: None,
+                            headers: Vec::new(),
+                        },
                         plugin: None,
                     })
                 })
@@ -502,11 +558,22 @@ impl Worker {
         let events: Vec<Arc<Event>> = jobs.iter().map(|j| j.event.clone()).collect();
         let p = plugin.clone();
         let results = tokio::task::spawn_blocking(move || {
-            let cx = CallContext { client_id: &client.id, config: &client.config, limits: &client.limits };
-            events.iter().map(|e| runtime.call(&p, e, &cx)).collect::<Vec<_>>()
+            let cx = CallContext {
+                client_id: &client.id,
+                config: &client.config,
+                limits: &client.limits,
+            };
+            events
+                .iter()
+                .map(|e| runtime.call(&p, e, &cx))
+                .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_else(|e| jobs.iter().map(|_| Err(PluginError::Trap(format!("the host's call crashed: {e}")))).collect());
+        .unwrap_or_else(|e| {
+            jobs.iter()
+                .map(|_| Err(PluginError::Trap(format!("the host's call crashed: {e}"))))
+                .collect()
+        });
 
         jobs.iter()
             .zip(results)

@@ -13,7 +13,12 @@ use crate::config::Secret;
 pub fn sign(secrets: &[Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     secrets
         .iter()
-        .map(|s| format!("v1,{}", STANDARD.encode(mac(&s.key, msg_id, timestamp, body))))
+        .map(|s| {
+            format!(
+                "v1,{}",
+                STANDARD.encode(mac(&s.key, msg_id, timestamp, body))
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -34,10 +39,13 @@ pub fn verify(secret: &Secret, msg_id: &str, timestamp: i64, body: &[u8], header
     let mut m = Hmac::<Sha256>::new_from_slice(&secret.key).expect("HMAC takes any key length");
     m.update(format!("{msg_id}.{timestamp}.").as_bytes());
     m.update(body);
-    header.split(' ').filter_map(|s| s.strip_prefix("v1,")).any(|sig| match STANDARD.decode(sig) {
-        Ok(bytes) => m.clone().verify_slice(&bytes).is_ok(),
-        Err(_) => false,
-    })
+    header
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|sig| match STANDARD.decode(sig) {
+            Ok(bytes) => m.clone().verify_slice(&bytes).is_ok(),
+            Err(_) => false,
+        })
 }
 
 #[cfg(test)]
@@ -49,9 +57,20 @@ mod tests {
         // The example in the Standard Webhooks specification.
         let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let body = br#"{"test": 2432232314}"#;
-        let sig = sign(std::slice::from_ref(&secret), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        let sig = sign(
+            std::slice::from_ref(&secret),
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, &sig));
+        assert!(verify(
+            &secret,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            body,
+            &sig
+        ));
         assert!(!verify(&secret, "msg_other", 1614265330, body, &sig));
     }
 }

@@ -22,7 +22,12 @@ struct Buf {
 
 impl Capture {
     pub fn new(cap: usize) -> Capture {
-        Capture { inner: Arc::new(Mutex::new(Buf { bytes: Vec::new(), cap })) }
+        Capture {
+            inner: Arc::new(Mutex::new(Buf {
+                bytes: Vec::new(),
+                cap,
+            })),
+        }
     }
 
     fn push(&self, data: &[u8]) {
@@ -77,7 +82,11 @@ impl Pollable for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

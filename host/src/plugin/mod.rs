@@ -80,7 +80,13 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Plugin({} {} world {})", self.file, self.hash, self.world.as_str())
+        write!(
+            f,
+            "Plugin({} {} world {})",
+            self.file,
+            self.hash,
+            self.world.as_str()
+        )
     }
 }
 
@@ -115,10 +121,15 @@ pub struct Rendered {
 pub enum LoadError {
     #[error("not a WebAssembly component: {0}")]
     NotComponent(String),
-    #[error("does not export a supported plugin world (found exports: {found}; supported: {supported})")]
+    #[error(
+        "does not export a supported plugin world (found exports: {found}; supported: {supported})"
+    )]
     NoWorld { found: String, supported: String },
     #[error("does not fit world {version}: {reason}")]
-    Mismatch { version: &'static str, reason: String },
+    Mismatch {
+        version: &'static str,
+        reason: String,
+    },
 }
 
 /// Why one call did not produce a verdict. The delivery is held, never sent raw.
@@ -165,7 +176,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -177,7 +191,12 @@ struct Limiter {
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.hit = true;
             return Ok(false);
@@ -185,7 +204,12 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -245,16 +269,22 @@ impl Runtime {
         // The ticker holds only a weak claim: it stops when the runtime is dropped.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
-        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                match e.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
-            }
-        })?;
-        Ok(Runtime { engine, linker, stop })
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            stop,
+        })
     }
 
     /// Compiles `bytes` (the file `file`) and checks it against the world it
@@ -263,7 +293,9 @@ impl Runtime {
     pub fn load(&self, file: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         let hash = content_hash(bytes);
         if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::NotComponent("the file does not start with the WebAssembly header `\\0asm`".into()));
+            return Err(LoadError::NotComponent(
+                "the file does not start with the WebAssembly header `\\0asm`".into(),
+            ));
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             let msg = format!("{e:#}");
@@ -276,27 +308,55 @@ impl Runtime {
             }
         })?;
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let world = WorldVersion::ALL
             .iter()
             .copied()
             .find(|v| exports.iter().any(|e| e == v.handler_export()))
             .ok_or_else(|| LoadError::NoWorld {
-                found: if exports.is_empty() { "none".into() } else { exports.join(", ") },
-                supported: WorldVersion::ALL.iter().map(|v| v.handler_export()).collect::<Vec<_>>().join(", "),
+                found: if exports.is_empty() {
+                    "none".into()
+                } else {
+                    exports.join(", ")
+                },
+                supported: WorldVersion::ALL
+                    .iter()
+                    .map(|v| v.handler_export())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
-        let mismatch = |e: wasmtime::Error| LoadError::Mismatch { version: world.as_str(), reason: one_line(&format!("{e:#}")) };
+        let mismatch = |e: wasmtime::Error| LoadError::Mismatch {
+            version: world.as_str(),
+            reason: one_line(&format!("{e:#}")),
+        };
         let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
         let bindings = match world {
             WorldVersion::V0_1 => Bindings::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?),
         };
-        Ok(Plugin { file: file.to_string(), hash, world, imports, bindings })
+        Ok(Plugin {
+            file: file.to_string(),
+            hash,
+            world,
+            imports,
+            bindings,
+        })
     }
 
     /// Runs `plugin` on `event` for one client. Blocks for at most about the
     /// client's deadline: run it off the async workers.
-    pub fn call(&self, plugin: &Plugin, event: &Event, cx: &CallContext<'_>) -> Result<Verdict, PluginError> {
+    pub fn call(
+        &self,
+        plugin: &Plugin,
+        event: &Event,
+        cx: &CallContext<'_>,
+    ) -> Result<Verdict, PluginError> {
         let limits = cx.limits;
         let stdout = Capture::new(CAPTURE_BYTES);
         let stderr = Capture::new(CAPTURE_BYTES);
@@ -310,7 +370,10 @@ impl Runtime {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter { memory: limits.memory, hit: false },
+            limiter: Limiter {
+                memory: limits.memory,
+                hit: false,
+            },
             log: LogTag {
                 client: cx.client_id.to_string(),
                 plugin: format!("{}@{}", plugin.file, plugin.hash),
@@ -321,7 +384,11 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits.deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64;
+        let ticks = limits
+            .deadline
+            .as_millis()
+            .div_ceil(TICK.as_millis())
+            .max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
@@ -332,13 +399,18 @@ impl Runtime {
         let state = store.data_mut();
         for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
             for line in cap.take_lines() {
-                state.log.emit(tracing::Level::INFO, &format!("{name}: {line}"));
+                state
+                    .log
+                    .emit(tracing::Level::INFO, &format!("{name}: {line}"));
             }
         }
         if state.log.dropped > 0 {
             let n = state.log.dropped;
             state.log.lines = 0;
-            state.log.emit(tracing::Level::WARN, &format!("{n} more log lines dropped (limit {})", state.log.max));
+            state.log.emit(
+                tracing::Level::WARN,
+                &format!("{n} more log lines dropped (limit {})", state.log.max),
+            );
         }
         let memory_hit = state.limiter.hit;
 
@@ -364,10 +436,19 @@ impl Runtime {
 }
 
 /// Headers the host sets itself; a plugin may not.
-const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+];
 
 fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, PluginError> {
-    let Verdict::Deliver(r) = &verdict else { return Ok(verdict) };
+    let Verdict::Deliver(r) = &verdict else {
+        return Ok(verdict);
+    };
     if r.body.len() > limits.max_output {
         return Err(PluginError::BadOutput(format!(
             "the body is {} bytes, over the limit of {}",
@@ -385,19 +466,27 @@ fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, Plug
     for (name, value) in &r.headers {
         let lower = name.to_ascii_lowercase();
         if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
-            return Err(PluginError::BadOutput(format!("header `{name}` is the host's to set")));
+            return Err(PluginError::BadOutput(format!(
+                "header `{name}` is the host's to set"
+            )));
         }
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(PluginError::BadOutput(format!("`{name}` is not a valid header name")));
+            return Err(PluginError::BadOutput(format!(
+                "`{name}` is not a valid header name"
+            )));
         }
         if reqwest::header::HeaderValue::from_str(value).is_err() {
-            return Err(PluginError::BadOutput(format!("the value of header `{name}` is not a valid header value")));
+            return Err(PluginError::BadOutput(format!(
+                "the value of header `{name}` is not a valid header value"
+            )));
         }
     }
     if let Some(ct) = &r.content_type
         && reqwest::header::HeaderValue::from_str(ct).is_err()
     {
-        return Err(PluginError::BadOutput(format!("content type {ct:?} is not a valid header value")));
+        return Err(PluginError::BadOutput(format!(
+            "content type {ct:?} is not a valid header value"
+        )));
     }
     Ok(verdict)
 }

@@ -89,7 +89,9 @@ impl Registry {
     /// The version of `file` serving now.
     pub fn get(&self, file: &str) -> Lookup {
         match self.slots.read().unwrap().get(file) {
-            Some(Slot { current: Some(p), .. }) => Lookup::Ready(p.clone()),
+            Some(Slot {
+                current: Some(p), ..
+            }) => Lookup::Ready(p.clone()),
             Some(Slot { error: Some(e), .. }) => Lookup::Broken(e.clone()),
             _ => Lookup::Missing,
         }
@@ -110,7 +112,9 @@ impl Registry {
                 serving: s.current.as_ref().map(|p| format!("{}@{}", p.file, p.hash)),
                 world: s.current.as_ref().map(|p| p.world.as_str()),
                 error: s.error.clone(),
-                loaded_at: s.loaded_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                loaded_at: s
+                    .loaded_at
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
             })
             .collect();
         out.sort_by(|a, b| a.file.cmp(&b.file));
@@ -119,8 +123,9 @@ impl Registry {
 
     /// Loads every plugin file in the folder, creating the folder if need be.
     pub async fn load_all(self: &Arc<Self>) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| anyhow::anyhow!("cannot create plugins.dir {}: {e}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            anyhow::anyhow!("cannot create plugins.dir {}: {e}", self.dir.display())
+        })?;
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)
             .map_err(|e| anyhow::anyhow!("cannot read plugins.dir {}: {e}", self.dir.display()))?
@@ -130,7 +135,10 @@ impl Registry {
             }
         }
         // Compile them side by side: a Python plugin takes seconds.
-        let tasks: Vec<_> = names.into_iter().map(|n| tokio::spawn(self.clone().refresh(n))).collect();
+        let tasks: Vec<_> = names
+            .into_iter()
+            .map(|n| tokio::spawn(self.clone().refresh(n)))
+            .collect();
         for t in tasks {
             let _ = t.await;
         }
@@ -140,22 +148,30 @@ impl Registry {
     /// Watches the folder until the returned guard is dropped.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
         let (tx, rx) = mpsc::unbounded_channel::<String>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res
-                && changes_content(&ev.kind)
-            {
-                for path in ev.paths {
-                    if let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| is_plugin_file(n)) {
-                        let _ = tx.send(name.to_string());
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res
+                    && changes_content(&ev.kind)
+                {
+                    for path in ev.paths {
+                        if let Some(name) = path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .filter(|n| is_plugin_file(n))
+                        {
+                            let _ = tx.send(name.to_string());
+                        }
                     }
                 }
-            }
-        })?;
+            })?;
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|e| anyhow::anyhow!("cannot watch plugins.dir {}: {e}", self.dir.display()))?;
         let task = tokio::spawn(self.clone().debounce(rx));
-        Ok(WatchGuard { _watcher: watcher, task })
+        Ok(WatchGuard {
+            _watcher: watcher,
+            task,
+        })
     }
 
     async fn debounce(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
@@ -198,7 +214,8 @@ impl Registry {
         }
         let hash = content_hash(&bytes);
         if let Some(slot) = self.slots.read().unwrap().get(&file)
-            && (slot.current.as_ref().is_some_and(|p| p.hash == hash) || slot.rejected.as_ref() == Some(&hash))
+            && (slot.current.as_ref().is_some_and(|p| p.hash == hash)
+                || slot.rejected.as_ref() == Some(&hash))
         {
             return;
         }
@@ -248,7 +265,9 @@ impl Registry {
 
     fn unload(&self, file: &str, read_seq: u64) {
         let mut slots = self.slots.write().unwrap();
-        let Some(slot) = slots.get_mut(file) else { return };
+        let Some(slot) = slots.get_mut(file) else {
+            return;
+        };
         if slot.read_seq > read_seq {
             return;
         }
@@ -256,7 +275,10 @@ impl Registry {
             tracing::warn!(plugin = %file, "plugin file removed: its clients are held until it is back");
         }
         // Keep the slot (empty) so a slower load of older bytes cannot revive it.
-        *slot = Slot { read_seq, ..Slot::default() };
+        *slot = Slot {
+            read_seq,
+            ..Slot::default()
+        };
         drop(slots);
         self.generation.send_modify(|g| *g += 1);
     }

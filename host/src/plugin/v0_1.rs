@@ -13,15 +13,15 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-use hookwasm::plugin::types as t;
+use self::hookwasm::plugin::types as t;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
 }
 
-impl hookwasm::plugin::types::Host for HostState {}
+impl self::hookwasm::plugin::types::Host for HostState {}
 
-impl hookwasm::plugin::host::Host for HostState {
+impl self::hookwasm::plugin::host::Host for HostState {
     fn log(&mut self, level: t::Level, message: String) {
         let level = match level {
             t::Level::Trace => tracing::Level::TRACE,
@@ -43,12 +43,19 @@ pub fn call(
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
     let instance = pre.instantiate(&mut *store)?;
     let ev = to_wit(event).map_err(wasmtime::Error::msg)?;
-    let client = t::Client { id: cx.client_id.to_string(), config: cx.config.to_vec() };
-    let answer = instance.hookwasm_plugin_handler().call_handle(&mut *store, &ev, &client)?;
+    let client = t::Client {
+        id: cx.client_id.to_string(),
+        config: cx.config.to_vec(),
+    };
+    let answer = instance
+        .hookwasm_plugin_handler()
+        .call_handle(&mut *store, &ev, &client)?;
     Ok(match answer {
-        Ok(t::Verdict::Deliver(d)) => {
-            Ok(Verdict::Deliver(Rendered { body: d.body, content_type: d.content_type, headers: d.headers }))
-        }
+        Ok(t::Verdict::Deliver(d)) => Ok(Verdict::Deliver(Rendered {
+            body: d.body,
+            content_type: d.content_type,
+            headers: d.headers,
+        })),
         Ok(t::Verdict::Skip(reason)) => Ok(Verdict::Skip(reason)),
         Err(t::Error::InvalidEvent(m)) => Err(PluginError::InvalidEvent(m)),
         Err(t::Error::InvalidConfig(m)) => Err(PluginError::InvalidConfig(m)),
@@ -57,7 +64,9 @@ pub fn call(
 }
 
 fn to_wit(e: &Event) -> Result<t::Event, String> {
-    let json = std::str::from_utf8(&e.raw).map_err(|_| "the event is not UTF-8".to_string())?.to_string();
+    let json = std::str::from_utf8(&e.raw)
+        .map_err(|_| "the event is not UTF-8".to_string())?
+        .to_string();
     let payload = match &e.payload {
         event::Payload::NewFeedEntry(n) => t::Payload::NewFeedEntry(t::NewFeedEntry {
             feed: t::Feed {
@@ -68,14 +77,21 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
             },
             entry: t::Entry {
                 id: n.entry.id,
-                author: t::Author { name: n.entry.author.name.clone(), email: n.entry.author.email.clone() },
+                author: t::Author {
+                    name: n.entry.author.name.clone(),
+                    email: n.entry.author.email.clone(),
+                },
                 title: n.entry.title.clone(),
                 description: n.entry.description.clone(),
             },
             users: n
                 .users
                 .iter()
-                .map(|u| t::Subscriber { email: u.email.clone(), firstname: u.firstname.clone(), lastname: u.lastname.clone() })
+                .map(|u| t::Subscriber {
+                    email: u.email.clone(),
+                    firstname: u.firstname.clone(),
+                    lastname: u.lastname.clone(),
+                })
                 .collect(),
             users_were_notified: n.users_were_notified,
         }),
@@ -85,7 +101,16 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
         webhook_id: s.webhook_id,
         url: s.url.clone(),
         instance_name: s.instance_name.clone(),
-        time: s.time.as_ref().map(|t| t::EventTime { local: t.local.clone(), timezone: t.timezone.clone() }),
+        time: s.time.as_ref().map(|t| t::EventTime {
+            local: t.local.clone(),
+            timezone: t.timezone.clone(),
+        }),
     });
-    Ok(t::Event { id: e.id.clone(), name: e.name.clone(), json, payload, source })
+    Ok(t::Event {
+        id: e.id.clone(),
+        name: e.name.clone(),
+        json,
+        payload,
+        source,
+    })
 }

@@ -50,13 +50,23 @@ pub struct Inspector {
 impl Inspector {
     pub fn open(path: &Path) -> Result<Inspector> {
         if !path.exists() {
-            bail!("no store at {}: the host has not run with this config yet", path.display());
+            bail!(
+                "no store at {}: the host has not run with this config yet",
+                path.display()
+            );
         }
-        Ok(Inspector { conn: schema::open(path, false)? })
+        Ok(Inspector {
+            conn: schema::open(path, false)?,
+        })
     }
 
     /// Newest first.
-    pub fn deliveries(&self, client: Option<&str>, state: Option<&str>, limit: usize) -> Result<Vec<DeliveryRow>> {
+    pub fn deliveries(
+        &self,
+        client: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT d.id, d.seq, d.event_id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at \
              FROM deliveries d JOIN events e ON e.id = d.event_id \
@@ -102,7 +112,12 @@ impl Inspector {
     }
 
     /// The seqs of one delivery by id, or of a client's deliveries since a time.
-    pub fn select(&self, delivery: Option<&str>, client: Option<&str>, since_ms: Option<i64>) -> Result<Vec<i64>> {
+    pub fn select(
+        &self,
+        delivery: Option<&str>,
+        client: Option<&str>,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare(
             "SELECT seq FROM deliveries WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR client_id = ?2) \
              AND (?3 IS NULL OR created_at >= ?3) ORDER BY seq",
@@ -126,8 +141,15 @@ impl Inspector {
                 .unwrap_or((None, None));
             let mut stmt =
                 self.conn.prepare("SELECT state, COUNT(*) FROM deliveries WHERE client_id = ?1 GROUP BY state ORDER BY state")?;
-            let counts = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            out.push(ClientRow { client_id: id.clone(), disabled_reason, failing_since, counts });
+            let counts = stmt
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push(ClientRow {
+                client_id: id.clone(),
+                disabled_reason,
+                failing_since,
+                counts,
+            });
         }
         Ok(out)
     }

@@ -87,7 +87,9 @@ impl State {
 
 /// Milliseconds since the Unix epoch: the store's clock.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A delivery to create with an event.
@@ -154,7 +156,15 @@ pub struct Update {
 
 impl Update {
     pub fn new(seq: i64, state: State) -> Update {
-        Update { seq, state, reason: None, render: None, attempt: None, next_attempt_at: None, plugin: None }
+        Update {
+            seq,
+            state,
+            reason: None,
+            render: None,
+            attempt: None,
+            next_attempt_at: None,
+            plugin: None,
+        }
     }
 }
 
@@ -169,9 +179,16 @@ enum Op {
         after: Option<AfterCommit>,
         done: oneshot::Sender<Result<Vec<i64>, String>>,
     },
-    Update(Update, Option<oneshot::Sender<Result<(), String>>>),
-    Client { client_id: String, disabled: Option<String>, failing_since: Option<i64> },
-    Replay { seqs: Vec<i64>, done: oneshot::Sender<Result<usize, String>> },
+    Update(Box<Update>, Option<oneshot::Sender<Result<(), String>>>),
+    Client {
+        client_id: String,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    },
+    Replay {
+        seqs: Vec<i64>,
+        done: oneshot::Sender<Result<usize, String>>,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -195,11 +212,17 @@ impl Store {
                 .with_context(|| format!("cannot create the store's folder {}", dir.display()))?;
         }
         let mut writer = schema::open(path, true)?;
-        schema::migrate(&mut writer).with_context(|| format!("cannot migrate the store {}", path.display()))?;
+        schema::migrate(&mut writer)
+            .with_context(|| format!("cannot migrate the store {}", path.display()))?;
         let reader = schema::open(path, false)?;
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new().name("store-writer".into()).spawn(move || writer_loop(writer, rx))?;
-        Ok(Store { tx, reader: Arc::new(Mutex::new(reader)) })
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer, rx))?;
+        Ok(Store {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+        })
     }
 
     /// Stores `event` and its deliveries; returns their seqs once committed.
@@ -212,34 +235,55 @@ impl Store {
         after: Option<AfterCommit>,
     ) -> Result<Vec<i64>, String> {
         let (done, rx) = oneshot::channel();
-        let op = Op::Ingest { event, received_at: now_ms(), deliveries, after, done };
-        self.tx.send(op).map_err(|_| "the store is closed".to_string())?;
+        let op = Op::Ingest {
+            event,
+            received_at: now_ms(),
+            deliveries,
+            after,
+            done,
+        };
+        self.tx
+            .send(op)
+            .map_err(|_| "the store is closed".to_string())?;
         rx.await.map_err(|_| "the store is closed".to_string())?
     }
 
     /// Records `update`; returns once it is committed.
     pub async fn update(&self, update: Update) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Op::Update(update, Some(done))).map_err(|_| "the store is closed".to_string())?;
+        self.tx
+            .send(Op::Update(update, Some(done)))
+            .map_err(|_| "the store is closed".to_string())?;
         rx.await.map_err(|_| "the store is closed".to_string())?
     }
 
     /// Records `update` without waiting for the commit.
     pub fn update_later(&self, update: Update) {
-        let _ = self.tx.send(Op::Update(update, None));
+        let _ = self.tx.send(Op::Update(Box::new(update), None));
     }
 
     /// Records a client's health: disabled (with the reason) or not, and since
     /// when its deliveries have been failing.
-    pub fn set_client(&self, client_id: &str, disabled: Option<String>, failing_since: Option<i64>) {
-        let _ = self.tx.send(Op::Client { client_id: client_id.to_string(), disabled, failing_since });
+    pub fn set_client(
+        &self,
+        client_id: &str,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    ) {
+        let _ = self.tx.send(Op::Client {
+            client_id: client_id.to_string(),
+            disabled,
+            failing_since,
+        });
     }
 
     /// Puts deliveries back to be sent again: their stored rendering is kept and a
     /// new attempt is due now. Returns how many were found.
     pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, String> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Op::Replay { seqs, done }).map_err(|_| "the store is closed".to_string())?;
+        self.tx
+            .send(Op::Replay { seqs, done })
+            .map_err(|_| "the store is closed".to_string())?;
         rx.await.map_err(|_| "the store is closed".to_string())?
     }
 
@@ -328,7 +372,19 @@ impl Store {
         })?;
         let mut jobs = Vec::new();
         for row in rows {
-            let (seq, id, client_id, attempts, rendered, plugin, ct, headers, body, event_id, event_body) = row?;
+            let (
+                seq,
+                id,
+                client_id,
+                attempts,
+                rendered,
+                plugin,
+                ct,
+                headers,
+                body,
+                event_id,
+                event_body,
+            ) = row?;
             // The event was valid when it was stored; the same parser accepts it again.
             let event = Event::parse(event_id, Bytes::from(event_body))
                 .with_context(|| format!("delivery {id}: its stored event no longer parses"))?;
@@ -336,11 +392,20 @@ impl Store {
                 request: Rendered {
                     body: body.unwrap_or_else(|| event.raw.to_vec()),
                     content_type: ct,
-                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                    headers: headers
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
                 },
                 plugin,
             });
-            jobs.push(Job { seq, id, client_id, event: Arc::new(event), attempts: attempts as u32, rendered });
+            jobs.push(Job {
+                seq,
+                id,
+                client_id,
+                event: Arc::new(event),
+                attempts: attempts as u32,
+                rendered,
+            });
         }
         Ok(jobs)
     }
@@ -378,14 +443,21 @@ fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Outcome>, String
         let mut out = Vec::with_capacity(batch.len());
         for op in batch.iter() {
             out.push(match op {
-                Op::Ingest { event, received_at, deliveries, .. } => {
-                    Outcome::Seqs(schema::insert_event(&tx, event, *received_at, deliveries)?)
-                }
+                Op::Ingest {
+                    event,
+                    received_at,
+                    deliveries,
+                    ..
+                } => Outcome::Seqs(schema::insert_event(&tx, event, *received_at, deliveries)?),
                 Op::Update(u, _) => {
                     schema::apply_update(&tx, u)?;
                     Outcome::Nothing
                 }
-                Op::Client { client_id, disabled, failing_since } => {
+                Op::Client {
+                    client_id,
+                    disabled,
+                    failing_since,
+                } => {
                     schema::set_client(&tx, client_id, disabled.as_deref(), *failing_since)?;
                     Outcome::Nothing
                 }

@@ -89,7 +89,8 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql).with_context(|| format!("migration {}", i + 1))?;
+        tx.execute_batch(sql)
+            .with_context(|| format!("migration {}", i + 1))?;
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
