@@ -252,7 +252,7 @@ impl Store {
     pub async fn update(&self, update: Update) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Op::Update(update, Some(done)))
+            .send(Op::Update(Box::new(update), Some(done)))
             .map_err(|_| "the store is closed".to_string())?;
         rx.await.map_err(|_| "the store is closed".to_string())?
     }
