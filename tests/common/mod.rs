@@ -26,6 +26,14 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("tests/fixtures/events").join(name)).unwrap()
 }
 
+/// The current-format `new_feed_entry` with Phraseanet's `webhookId` set to `n`, to
+/// tell events apart at the receiver.
+pub fn numbered(n: usize) -> String {
+    String::from_utf8(fixture("new_feed_entry.json"))
+        .unwrap()
+        .replace("\"webhookId\":12", &format!("\"webhookId\":{n}"))
+}
+
 /// Builds a plugin workspace for wasm32-wasip2 (once per test process).
 fn build(workspace: &str) -> PathBuf {
     let dir = repo().join(workspace);
@@ -108,6 +116,7 @@ struct RecvState {
     /// Per path: the statuses to answer, in turn; the last one sticks.
     statuses: Mutex<HashMap<String, Vec<u16>>>,
     delays: Mutex<HashMap<String, Duration>>,
+    headers: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request.
@@ -146,6 +155,13 @@ impl Receiver {
                         None => 200,
                     }
                 };
+                let extra = st
+                    .headers
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or_default();
                 st.got.lock().unwrap().push(Got {
                     path,
                     headers,
@@ -153,7 +169,12 @@ impl Receiver {
                     at: Instant::now(),
                 });
                 st.notify.notify_waiters();
-                axum::http::StatusCode::from_u16(status).unwrap()
+                let mut resp = axum::http::Response::builder().status(status);
+                for (k, v) in extra {
+                    resp = resp.header(k, v);
+                }
+                resp.body(axum::body::Body::from("answer from the test receiver"))
+                    .unwrap()
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -171,6 +192,17 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_string(), statuses.to_vec());
+    }
+
+    /// Add this header to every answer on `path`.
+    pub fn set_header(&self, path: &str, name: &str, value: &str) {
+        self.state
+            .headers
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default()
+            .push((name.into(), value.into()));
     }
 
     pub fn set_delay(&self, path: &str, d: Duration) {

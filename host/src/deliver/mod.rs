@@ -69,6 +69,10 @@ struct Worker {
     /// Deliveries between "taken" and "outcome committed": never loaded twice.
     in_flight: Mutex<HashSet<i64>>,
     health: Mutex<Health>,
+    /// Turns true when the host stops: take no new attempt.
+    stop: watch::Receiver<bool>,
+    /// The soonest retry this worker scheduled and has not run yet (ms).
+    soonest_retry: Mutex<Option<i64>>,
 }
 
 struct Inbox {
@@ -92,7 +96,9 @@ pub struct ClientStatus {
     pub plugin_state: String,
     pub disabled: Option<String>,
     pub failing_since: Option<i64>,
+    /// Fresh deliveries waiting in memory (more may wait in the store).
     pub queued: usize,
+    /// Requests being made right now.
     pub in_flight: usize,
 }
 
@@ -103,6 +109,7 @@ impl Dispatcher {
         store: &Store,
         registry: &Arc<Registry>,
     ) -> anyhow::Result<Dispatcher> {
+        let shutdown = watch::channel(false).0;
         let mut workers = HashMap::new();
         for c in clients.iter().filter(|c| c.enabled) {
             let (disabled, failing_since) = store.client_state(&c.id)?;
@@ -122,13 +129,15 @@ impl Dispatcher {
                     disabled,
                     failing_since,
                 }),
+                stop: shutdown.subscribe(),
+                soonest_retry: Mutex::new(None),
             };
             workers.insert(c.id.clone(), Arc::new(worker));
         }
         Ok(Dispatcher {
             workers,
             tasks: Mutex::new(Vec::new()),
-            shutdown: watch::channel(false).0,
+            shutdown,
         })
     }
 
@@ -217,7 +226,7 @@ impl Worker {
             disabled: health.disabled,
             failing_since: health.failing_since,
             queued: self.inbox.lock().unwrap().queue.len(),
-            in_flight: self.in_flight.lock().unwrap().len(),
+            in_flight: self.client.delivery.max_in_flight - self.permits.available_permits(),
         }
     }
 
@@ -235,10 +244,21 @@ impl Worker {
                 continue;
             }
             let now = tokio::time::Instant::now();
-            if now >= next_poll {
-                next_poll = now + POLL;
-                check_parked = true;
-                self.run_due_retries().await;
+            let retry_due = self
+                .soonest_retry
+                .lock()
+                .unwrap()
+                .is_some_and(|t| t <= store::now_ms());
+            if now >= next_poll || retry_due {
+                if now >= next_poll {
+                    next_poll = now + POLL;
+                    check_parked = true;
+                }
+                *self.soonest_retry.lock().unwrap() = None;
+                if self.run_due_retries().await == BATCH {
+                    // More are due than one batch: come back at once.
+                    self.note_retry_at(store::now_ms());
+                }
             }
             if check_parked {
                 check_parked = false;
@@ -252,7 +272,7 @@ impl Worker {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = plugins.changed() => check_parked = true,
-                _ = tokio::time::sleep_until(next_poll) => {}
+                _ = tokio::time::sleep_until(self.wake_at(next_poll)) => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -374,12 +394,36 @@ impl Worker {
         }
     }
 
-    async fn run_due_retries(self: &Arc<Self>) {
+    /// Remembers that a retry is due at `at` (ms), so the worker wakes for it.
+    fn note_retry_at(&self, at: i64) {
+        let mut soonest = self.soonest_retry.lock().unwrap();
+        if soonest.is_none_or(|t| at < t) {
+            *soonest = Some(at);
+        }
+        drop(soonest);
+        self.wake.notify_one();
+    }
+
+    /// The next time the worker must look at the store: the poll, or a retry.
+    fn wake_at(&self, next_poll: tokio::time::Instant) -> tokio::time::Instant {
+        match *self.soonest_retry.lock().unwrap() {
+            Some(t) => {
+                let wait = Duration::from_millis((t - store::now_ms()).max(0) as u64);
+                next_poll.min(tokio::time::Instant::now() + wait)
+            }
+            None => next_poll,
+        }
+    }
+
+    /// Starts the retries due now; returns how many it found.
+    async fn run_due_retries(self: &Arc<Self>) -> usize {
         let now = store::now_ms();
         let jobs = self
             .load(move |s, id| s.load_due_retries(id, now, BATCH))
             .await;
+        let n = jobs.len();
         self.process(jobs).await;
+        n
     }
 
     /// Renders the jobs that need it, then starts their attempts in order.
@@ -409,13 +453,21 @@ impl Worker {
             sends.push((job, render, false));
         }
         // Sends of fresh jobs start in commit order; retries after them.
-        for (job, render, first_render) in sends {
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
+        let mut stop = self.stop.clone();
+        let mut sends = sends.into_iter();
+        while let Some((job, render, first_render)) = sends.next() {
+            let permit = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.expect("never closed"),
+                _ = stop.wait_for(|s| *s) => {
+                    // Stopping: these were not attempted and stay due in the store.
+                    let mut busy = self.in_flight.lock().unwrap();
+                    busy.remove(&job.seq);
+                    for (j, ..) in sends {
+                        busy.remove(&j.seq);
+                    }
+                    return;
+                }
+            };
             let me = self.clone();
             tokio::spawn(async move {
                 me.attempt(job, render, first_render).await;
@@ -467,10 +519,17 @@ impl Worker {
         if first_render {
             update.render = Some(render);
         }
+        let retry_at = update
+            .next_attempt_at
+            .filter(|_| update.state == State::Retrying);
         if let Err(e) = self.store.update(update).await {
             tracing::error!(client = %self.client.id, delivery = %job.id, "cannot record an attempt: {e}");
         }
+        // Only now, with the outcome committed, may a store read see it again.
         self.in_flight.lock().unwrap().remove(&job.seq);
+        if let Some(at) = retry_at {
+            self.note_retry_at(at);
+        }
     }
 
     /// Tracks how long the client has been failing; disables it past its window.

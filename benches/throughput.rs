@@ -1,0 +1,176 @@
+//! Durable end-to-end throughput: events POSTed to a real `hookwasm serve`
+//! (release build, SQLite store with synchronous=FULL, the passthrough plugin)
+//! until the receiver has every delivery, against a bare reqwest POST loop to the
+//! same receiver with the same concurrency, measured in the same run.
+//!
+//! `cargo bench --bench throughput` (HOOKWASM_BENCH_EVENTS, HOOKWASM_BENCH_CONCURRENCY
+//! change the defaults of 20000 events, 64 at once).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A receiver that counts requests and answers 200.
+async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let c = c.clone();
+        async move {
+            std::hint::black_box(body);
+            c.fetch_add(1, Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, count)
+}
+
+async fn post_all(url: &str, body: &'static [u8], n: usize, concurrency: usize) -> Duration {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    futures_util::stream::iter(0..n)
+        .map(|_| {
+            let http = http.clone();
+            async move {
+                let r = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<()>()
+        .await;
+    start.elapsed()
+}
+
+fn build_passthrough() -> PathBuf {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--quiet",
+            "-p",
+            "passthrough",
+        ])
+        .current_dir(repo().join("plugins"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    repo().join("plugins/target/wasm32-wasip2/release/passthrough.wasm")
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a filter that does not name us means skip.
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"throughput".contains(a.as_str()))
+    {
+        return;
+    }
+    let n = env_or("HOOKWASM_BENCH_EVENTS", 20_000);
+    let concurrency = env_or("HOOKWASM_BENCH_CONCURRENCY", 64);
+    let body: &'static [u8] =
+        std::fs::read(repo().join("tests/fixtures/events/new_feed_entry.json"))
+            .unwrap()
+            .leak();
+    let (raddr, count) = receiver().await;
+
+    // Baseline: the bare POST loop.
+    post_all(&format!("http://{raddr}/warm"), body, 2_000, concurrency).await;
+    let bare = post_all(&format!("http://{raddr}/bare"), body, n, concurrency).await;
+    let bare_rate = n as f64 / bare.as_secs_f64();
+
+    // hookwasm, end to end.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        build_passthrough(),
+        dir.path().join("plugins/passthrough.wasm"),
+    )
+    .unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = format!(
+        "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\npath = \"hookwasm.db\"\n\
+         [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
+         [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
+    );
+    std::fs::write(dir.path().join("hookwasm.toml"), config).unwrap();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_hookwasm"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("hookwasm.toml"))
+        .env("HOOKWASM_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = format!("http://{listen}/healthz");
+    while reqwest::get(&health).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ingest = format!("http://{listen}/v1/events");
+    post_all(&ingest, body, 2_000, concurrency).await; // warm-up
+    while count.load(Ordering::Relaxed) < 2_000 + n + 2_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = count.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let posted = post_all(&ingest, body, n, concurrency).await;
+    while count.load(Ordering::Relaxed) < before + n {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "deliveries stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let end_to_end = start.elapsed();
+    let _ = Command::new("kill")
+        .args(["-TERM", &host.id().to_string()])
+        .status();
+    let _ = host.wait();
+    let rate = n as f64 / end_to_end.as_secs_f64();
+
+    println!(
+        "throughput: {n} events, {concurrency} at once, passthrough plugin, SQLite synchronous=FULL"
+    );
+    println!("  bare reqwest POST loop      {bare_rate:>10.0} requests/s");
+    println!(
+        "  hookwasm ingest (202s)      {:>10.0} events/s",
+        n as f64 / posted.as_secs_f64()
+    );
+    println!("  hookwasm end to end         {rate:>10.0} deliveries/s");
+    println!("  ratio end to end / bare     {:>10.3}", rate / bare_rate);
+}
