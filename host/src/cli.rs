@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use hookwasm::config::{Config, PluginLimits, Secret};
 use hookwasm::event::{Event, new_event_id};
-use hookwasm::plugin::{CallContext, Runtime, Verdict};
+use hookwasm::plugin::{CallContext, Runtime, RuntimeOptions, Verdict};
 use hookwasm::store::{Store, inspect::Inspector, now_ms};
 use serde_json::json;
 
@@ -108,7 +108,7 @@ pub async fn plugin_test(
     }
     let client = client.to_string();
     let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::new(RuntimeOptions::default())?;
         let plugin = runtime
             .load(&name, &bytes)
             .map_err(|e| anyhow!("{name}: {e}"))?;
@@ -162,7 +162,7 @@ pub fn verdict_json(v: &Verdict) -> serde_json::Value {
 pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
     let (name, bytes) = read_plugin(plugin)?;
     let outcome = tokio::task::spawn_blocking(move || -> Result<_> {
-        let runtime = Runtime::new()?;
+        let runtime = Runtime::new(RuntimeOptions::default())?;
         Ok(runtime
             .load(&name, &bytes)
             .map_err(|e| format!("{name}: {e}")))

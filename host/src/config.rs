@@ -40,6 +40,12 @@ pub struct Server {
 pub struct Plugins {
     pub dir: PathBuf,
     pub limits: PluginLimits,
+    /// Compiled components, keyed by content; next to the store by default.
+    pub cache_dir: PathBuf,
+    /// Idle instances kept per plugin version and client.
+    pub warm_instances: usize,
+    /// Calls after which an instance is replaced by a fresh one.
+    pub recycle_after: u32,
 }
 
 /// What one plugin call may use. A call that goes over is stopped and recorded as
@@ -194,6 +200,9 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawPlugins {
     dir: PathBuf,
+    cache_dir: Option<PathBuf>,
+    warm_instances: Option<usize>,
+    recycle_after: Option<u32>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -359,12 +368,23 @@ impl Config {
             &raw.plugins.limits,
             "plugins.limits",
         )?;
+        let store = Store {
+            path: base_dir.join(&raw.store.path),
+        };
+        let cache_dir = match &raw.plugins.cache_dir {
+            Some(d) => base_dir.join(d),
+            None => store.path.parent().unwrap_or(base_dir).join("plugin-cache"),
+        };
+        let recycle_after = raw.plugins.recycle_after.unwrap_or(10_000);
+        if recycle_after == 0 {
+            bail!("plugins.recycle_after must be at least 1");
+        }
         let plugins = Plugins {
             dir: base_dir.join(&raw.plugins.dir),
             limits,
-        };
-        let store = Store {
-            path: base_dir.join(&raw.store.path),
+            cache_dir,
+            warm_instances: raw.plugins.warm_instances.unwrap_or(2),
+            recycle_after,
         };
         let delivery = apply_delivery(&Delivery::default(), &raw.delivery, "delivery")?;
 

@@ -25,7 +25,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let store = store::Store::open(&config.store.path)?;
-    let runtime = Arc::new(plugin::Runtime::new().context("cannot start the WebAssembly engine")?);
+    let runtime = Arc::new(
+        plugin::Runtime::new(plugin::RuntimeOptions {
+            cache_dir: Some(config.plugins.cache_dir.clone()),
+            warm_instances: config.plugins.warm_instances,
+            recycle_after: config.plugins.recycle_after,
+        })
+        .context("cannot start the WebAssembly engine")?,
+    );
     let registry = Arc::new(plugin::registry::Registry::new(
         &config.plugins.dir,
         runtime,

@@ -19,11 +19,13 @@
 //!
 //! Not here: which file serves which client, and hot reload (`registry`).
 
+mod cache;
 mod capture;
 pub mod registry;
 mod v0_1;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -76,6 +78,8 @@ pub struct Plugin {
     /// What the component imports, by name.
     pub imports: Vec<String>,
     bindings: Bindings,
+    /// Idle instances, per client: an instance never serves two clients.
+    warm: Mutex<HashMap<String, Vec<Warm>>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -166,12 +170,14 @@ impl PluginError {
     }
 }
 
-/// Per-call state inside a `Store`.
+/// Per-instance state inside a `Store`. An instance serves one client only.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: Limiter,
     log: LogTag,
+    stdout: Capture,
+    stderr: Capture,
 }
 
 impl WasiView for HostState {
@@ -242,10 +248,40 @@ impl LogTag {
     }
 }
 
+/// An instantiated plugin, kept warm between calls for one client.
+struct Warm {
+    store: Store<HostState>,
+    instance: Instance,
+    calls: u32,
+}
+
+enum Instance {
+    V0_1(v0_1::Plugin),
+}
+
+/// How the runtime keeps compiled code and instances.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached, keyed by content and engine.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Idle instances kept per plugin version and client.
+    pub warm_instances: usize,
+    /// Calls after which an instance is replaced by a fresh one.
+    pub recycle_after: u32,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { cache_dir: None, warm_instances: 2, recycle_after: 10_000 }
+    }
+}
+
 /// The engine, its epoch ticker and a linker per world version.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    options: RuntimeOptions,
+    cache: Option<cache::Cache>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -256,7 +292,7 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub fn new() -> anyhow::Result<Runtime> {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -266,7 +302,12 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         v0_1::add_to_linker(&mut linker)?;
 
-        // The ticker holds only a weak claim: it stops when the runtime is dropped.
+        let cache = match &options.cache_dir {
+            Some(dir) => Some(cache::Cache::open(dir, &engine)?),
+            None => None,
+        };
+
+        // The ticker stops when the runtime is dropped.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (e, s) = (engine.weak(), stop.clone());
         std::thread::Builder::new()
@@ -280,16 +321,12 @@ impl Runtime {
                     }
                 }
             })?;
-        Ok(Runtime {
-            engine,
-            linker,
-            stop,
-        })
+        Ok(Runtime { engine, linker, options, cache, stop })
     }
 
-    /// Compiles `bytes` (the file `file`) and checks it against the world it
-    /// targets. Slow (tens of ms for Rust, seconds for Python): never call it on an
-    /// async worker.
+    /// Compiles `bytes` (the file `file`), or takes it from the cache, and checks
+    /// it against the world it targets. Compiling is slow (tens of ms for Rust,
+    /// seconds for Python): never call this on an async worker.
     pub fn load(&self, file: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         let hash = content_hash(bytes);
         if !bytes.starts_with(b"\0asm") {
@@ -297,35 +334,30 @@ impl Runtime {
                 "the file does not start with the WebAssembly header `\\0asm`".into(),
             ));
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let msg = format!("{e:#}");
-            if bytes.starts_with(b"\0asm\x01\0\0\0") {
-                LoadError::NotComponent(
-                    "it is a core WebAssembly module; build it as a component (wasm32-wasip2, componentize-py, componentize-js)".into(),
-                )
-            } else {
-                LoadError::NotComponent(one_line(&msg))
-            }
-        })?;
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| {
+                if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                    LoadError::NotComponent(
+                        "it is a core WebAssembly module; build it as a component (wasm32-wasip2, componentize-py, componentize-js)".into(),
+                    )
+                } else {
+                    LoadError::NotComponent(one_line(&format!("{e:#}")))
+                }
+            })
+        };
+        let component = match &self.cache {
+            Some(cache) => cache.get_or_insert(&self.engine, bytes, compile)?,
+            None => compile()?,
+        };
         let ty = component.component_type();
-        let exports: Vec<String> = ty
-            .exports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let world = WorldVersion::ALL
             .iter()
             .copied()
             .find(|v| exports.iter().any(|e| e == v.handler_export()))
             .ok_or_else(|| LoadError::NoWorld {
-                found: if exports.is_empty() {
-                    "none".into()
-                } else {
-                    exports.join(", ")
-                },
+                found: if exports.is_empty() { "none".into() } else { exports.join(", ") },
                 supported: WorldVersion::ALL
                     .iter()
                     .map(|v| v.handler_export())
@@ -346,18 +378,12 @@ impl Runtime {
             world,
             imports,
             bindings,
+            warm: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs `plugin` on `event` for one client. Blocks for at most about the
-    /// client's deadline: run it off the async workers.
-    pub fn call(
-        &self,
-        plugin: &Plugin,
-        event: &Event,
-        cx: &CallContext<'_>,
-    ) -> Result<Verdict, PluginError> {
-        let limits = cx.limits;
+    /// A fresh instance of `plugin` for one client, with a deny-all WASI.
+    fn instantiate(&self, plugin: &Plugin, cx: &CallContext<'_>) -> wasmtime::Result<Warm> {
         let stdout = Capture::new(CAPTURE_BYTES);
         let stderr = Capture::new(CAPTURE_BYTES);
         let wasi = WasiCtx::builder()
@@ -370,60 +396,93 @@ impl Runtime {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory: limits.memory,
-                hit: false,
-            },
+            limiter: Limiter { memory: cx.limits.memory, hit: false },
             log: LogTag {
                 client: cx.client_id.to_string(),
                 plugin: format!("{}@{}", plugin.file, plugin.hash),
                 lines: 0,
-                max: limits.max_log_lines,
+                max: cx.limits.max_log_lines,
                 dropped: 0,
             },
+            stdout,
+            stderr,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = limits
-            .deadline
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        // Instantiation runs the guest's start code: it gets a deadline too.
+        store.set_epoch_deadline(deadline_ticks(cx.limits.deadline));
         store.epoch_deadline_trap();
-
-        let result = match &plugin.bindings {
-            Bindings::V0_1(pre) => v0_1::call(pre, &mut store, event, cx),
+        let instance = match &plugin.bindings {
+            Bindings::V0_1(pre) => Instance::V0_1(pre.instantiate(&mut store)?),
         };
+        Ok(Warm { store, instance, calls: 0 })
+    }
 
-        let state = store.data_mut();
-        for (name, cap) in [("stdout", &stdout), ("stderr", &stderr)] {
-            for line in cap.take_lines() {
-                state
-                    .log
-                    .emit(tracing::Level::INFO, &format!("{name}: {line}"));
+    /// Runs `plugin` on `event` for one client, in a warm instance of that client's
+    /// when one is idle. Blocks for at most about the client's deadline: run it off
+    /// the async workers. An instance that trapped or hit a limit is thrown away.
+    pub fn call(
+        &self,
+        plugin: &Plugin,
+        event: &Event,
+        cx: &CallContext<'_>,
+    ) -> Result<Verdict, PluginError> {
+        let limits = cx.limits;
+        let idle = plugin.warm.lock().unwrap().get_mut(cx.client_id).and_then(Vec::pop);
+        let mut warm = match idle {
+            Some(w) => w,
+            None => match self.instantiate(plugin, cx) {
+                Ok(w) => w,
+                Err(e) => return Err(PluginError::Trap(format!("could not instantiate: {}", one_line(&format!("{e:#}"))))),
+            },
+        };
+        {
+            let state = warm.store.data_mut();
+            state.limiter.memory = limits.memory;
+            state.limiter.hit = false;
+            state.log.lines = 0;
+            state.log.dropped = 0;
+            state.log.max = limits.max_log_lines;
+        }
+        warm.store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        let result = match &warm.instance {
+            Instance::V0_1(i) => v0_1::call(i, &mut warm.store, event, cx),
+        };
+        warm.calls += 1;
+
+        let state = warm.store.data_mut();
+        let stderr_tail = state.stderr.take_lines();
+        for (name, lines) in [("stdout", state.stdout.take_lines()), ("stderr", stderr_tail.clone())] {
+            for line in lines {
+                state.log.emit(tracing::Level::INFO, &format!("{name}: {line}"));
             }
         }
         if state.log.dropped > 0 {
             let n = state.log.dropped;
             state.log.lines = 0;
-            state.log.emit(
-                tracing::Level::WARN,
-                &format!("{n} more log lines dropped (limit {})", state.log.max),
-            );
+            state.log.emit(tracing::Level::WARN, &format!("{n} more log lines dropped (limit {})", state.log.max));
         }
         let memory_hit = state.limiter.hit;
 
         let verdict = match result {
-            Ok(Ok(v)) => v,
-            Ok(Err(plugin_err)) => return Err(plugin_err),
+            Ok(answer) => {
+                // The instance is sound: keep it for this client's next call.
+                if warm.calls < self.options.recycle_after {
+                    let mut pools = plugin.warm.lock().unwrap();
+                    let pool = pools.entry(cx.client_id.to_string()).or_default();
+                    if pool.len() < self.options.warm_instances {
+                        pool.push(warm);
+                    }
+                }
+                answer?
+            }
             Err(trap) => {
                 return Err(if memory_hit {
                     PluginError::Memory(limits.memory)
                 } else if matches!(trap.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                     PluginError::Deadline(limits.deadline)
                 } else {
-                    PluginError::Trap(one_line(&format!("{trap:#}")))
+                    PluginError::Trap(describe_trap(&trap, &stderr_tail))
                 });
             }
         };
@@ -433,6 +492,31 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+fn deadline_ticks(deadline: Duration) -> u64 {
+    (deadline.as_millis().div_ceil(TICK.as_millis()).max(1)) as u64
+}
+
+/// A trap in words a plugin author can act on: the trap's kind, what the guest
+/// printed last (a Rust panic message, a Python traceback), and where.
+fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
+    let mut what = match trap.downcast_ref::<Trap>() {
+        Some(Trap::UnreachableCodeReached) => "wasm `unreachable` executed (a panic or abort in the plugin)".to_string(),
+        Some(Trap::StackOverflow) => "stack overflow".to_string(),
+        Some(t) => t.to_string(),
+        None => trap.root_cause().to_string(),
+    };
+    let said: Vec<&str> = stderr
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if !said.is_empty() {
+        let tail = said[said.len().saturating_sub(3)..].join(" / ");
+        what.push_str(&format!("; the plugin printed: {}", tail.chars().take(400).collect::<String>()));
+    }
+    what
 }
 
 /// Headers the host sets itself; a plugin may not.

@@ -34,22 +34,19 @@ impl self::hookwasm::plugin::host::Host for HostState {
     }
 }
 
-/// Instantiates and calls. The outer error is a trap; the inner one the plugin's.
+/// Calls an instance. The outer error is a trap; the inner one the plugin's.
 pub fn call(
-    pre: &PluginPre<HostState>,
+    instance: &Plugin,
     store: &mut Store<HostState>,
     event: &Event,
     cx: &CallContext<'_>,
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
-    let instance = pre.instantiate(&mut *store)?;
     let ev = to_wit(event).map_err(wasmtime::Error::msg)?;
     let client = t::Client {
         id: cx.client_id.to_string(),
         config: cx.config.to_vec(),
     };
-    let answer = instance
-        .hookwasm_plugin_handler()
-        .call_handle(&mut *store, &ev, &client)?;
+    let answer = instance.hookwasm_plugin_handler().call_handle(&mut *store, &ev, &client)?;
     Ok(match answer {
         Ok(t::Verdict::Deliver(d)) => Ok(Verdict::Deliver(Rendered {
             body: d.body,
