@@ -516,7 +516,9 @@ impl Worker {
         }
         self.note_health(!failed);
         update.attempt = Some(attempt);
+        update.attempt_n = attempts;
         if first_render {
+            update.render_is_event_body = render.request.body == job.event.raw;
             update.render = Some(render);
         }
         let retry_at = update

@@ -152,6 +152,10 @@ pub struct Update {
     pub next_attempt_at: Option<i64>,
     /// `file@hash` of the plugin involved, for held and plugin_error rows.
     pub plugin: Option<String>,
+    /// The number of `attempt`, counting from 1.
+    pub attempt_n: u32,
+    /// `render`'s body is the event's own bytes (stored once, with the event).
+    pub render_is_event_body: bool,
 }
 
 impl Update {
@@ -164,6 +168,8 @@ impl Update {
             attempt: None,
             next_attempt_at: None,
             plugin: None,
+            attempt_n: 0,
+            render_is_event_body: false,
         }
     }
 }
@@ -298,7 +304,8 @@ impl Store {
     /// Blocking: a client's pending deliveries with `seq > after`, in order.
     pub fn load_pending(&self, client_id: &str, after: i64, limit: usize) -> Result<Vec<Job>> {
         self.load_jobs(
-            "d.client_id = ?1 AND d.state = 'pending' AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+            "d.client_id = ?1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') \
+             AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
             params![client_id, after, limit as i64],
         )
     }
@@ -307,7 +314,8 @@ impl Store {
     /// one, and the `plugin_error` ones made by another version than `plugin`.
     pub fn load_parked(&self, client_id: &str, plugin: &str, limit: usize) -> Result<Vec<Job>> {
         self.load_jobs(
-            "d.client_id = ?1 AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
+            "d.client_id = ?1 AND d.state IN ('pending', 'held', 'plugin_error') \
+             AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
              ORDER BY d.seq LIMIT ?3",
             params![client_id, plugin, limit as i64],
         )
