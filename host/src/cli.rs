@@ -11,7 +11,6 @@ use hookwasm::config::{Config, PluginLimits, Secret};
 use hookwasm::event::{Event, new_event_id};
 use hookwasm::plugin::{CallContext, Runtime, RuntimeOptions, Verdict};
 use hookwasm::store::{Store, inspect::Inspector, now_ms};
-use serde_json::json;
 
 pub fn init_logging(plugin_command: bool) {
     use tracing_subscriber::EnvFilter;
@@ -135,28 +134,44 @@ pub async fn plugin_test(
     }
 }
 
-/// The verdict as `plugin test` prints it. A body that is UTF-8 is a string; any
-/// other body is given as `body_base64`.
-pub fn verdict_json(v: &Verdict) -> serde_json::Value {
-    match v {
-        Verdict::Deliver(r) => {
-            let mut out = json!({
-                "verdict": "deliver",
-                "content_type": r.content_type.clone().unwrap_or_else(|| "application/json".into()),
-                "headers": r.headers,
-            });
-            match std::str::from_utf8(&r.body) {
-                Ok(s) => out["body"] = json!(s),
-                Err(_) => {
-                    use base64::Engine as _;
-                    out["body_base64"] =
-                        json!(base64::engine::general_purpose::STANDARD.encode(&r.body));
-                }
-            }
-            out
-        }
-        Verdict::Skip(reason) => json!({ "verdict": "skip", "reason": reason }),
+/// The verdict as `plugin test` prints it, keys in the contract's order. A body
+/// that is UTF-8 is a string; any other body is given as `body_base64`.
+pub fn verdict_json(v: &Verdict) -> String {
+    #[derive(serde::Serialize)]
+    struct Deliver<'a> {
+        verdict: &'static str,
+        content_type: &'a str,
+        headers: &'a [(String, String)],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_base64: Option<String>,
     }
+    #[derive(serde::Serialize)]
+    struct Skip<'a> {
+        verdict: &'static str,
+        reason: &'a str,
+    }
+    let value = match v {
+        Verdict::Deliver(r) => {
+            use base64::Engine as _;
+            let text = std::str::from_utf8(&r.body).ok();
+            serde_json::to_string(&Deliver {
+                verdict: "deliver",
+                content_type: r.content_type.as_deref().unwrap_or("application/json"),
+                headers: &r.headers,
+                body: text,
+                body_base64: text
+                    .is_none()
+                    .then(|| base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            })
+        }
+        Verdict::Skip(reason) => serde_json::to_string(&Skip {
+            verdict: "skip",
+            reason,
+        }),
+    };
+    value.expect("plain data serialises")
 }
 
 pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {

@@ -13,6 +13,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Every event name Phraseanet 4.1 sends.
 pub const KNOWN_EVENTS: &[&str] = &[
@@ -47,10 +48,26 @@ pub struct Event {
     pub source: Option<Source>,
 }
 
-/// The typed view of an event.
+/// The typed view of an event: one variant per Phraseanet 4.1 event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     NewFeedEntry(Box<NewFeedEntry>),
+    RecordCreated(Box<RecordCreated>),
+    RecordEdited(Box<RecordEdited>),
+    RecordDeleted(Box<Asset>),
+    RecordMediaSubstituted(Box<Asset>),
+    RecordCollectionChanged(Box<CollectionChanged>),
+    RecordStatusChanged(Box<StatusChanged>),
+    RecordSubdefCreated(Box<SubdefCreated>),
+    RecordSubdefCreationFailed(Box<SubdefFailed>),
+    UserCreated(Box<User>),
+    UserDeleted(Box<User>),
+    UserRegistrationGranted(Box<Registration>),
+    UserRegistrationRejected(Box<Registration>),
+    OrderCreated(Box<Order>),
+    OrderDelivered(Box<Order>),
+    OrderDenied(Box<Order>),
+    /// An event name Phraseanet 4.1 does not send: passed on with its JSON.
     Other,
 }
 
@@ -82,6 +99,7 @@ pub struct NewFeedEntry {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Feed {
+    #[serde(default, deserialize_with = "php_opt_int")]
     pub id: Option<i64>,
     pub title: String,
     #[serde(default, deserialize_with = "null_as_empty")]
@@ -91,6 +109,7 @@ pub struct Feed {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Entry {
+    #[serde(default, deserialize_with = "php_opt_int")]
     pub id: Option<i64>,
     pub author: Author,
     pub title: String,
@@ -115,6 +134,138 @@ pub struct Subscriber {
     pub lastname: Option<String>,
 }
 
+/// The record an event is about (`data`'s common fields).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Asset {
+    #[serde(deserialize_with = "php_int")]
+    pub databox_id: i64,
+    #[serde(deserialize_with = "php_int")]
+    pub record_id: i64,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub collection_name: String,
+    #[serde(deserialize_with = "php_int")]
+    pub base_id: i64,
+    pub record_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordCreated {
+    #[serde(flatten)]
+    pub asset: Asset,
+    pub media_type: Option<String>,
+    #[serde(rename = "type")]
+    pub mime_type: Option<String>,
+    pub original_name: Option<String>,
+    #[serde(default, deserialize_with = "php_opt_int")]
+    pub initiator_user_id: Option<i64>,
+    pub permalink: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordEdited {
+    #[serde(flatten)]
+    pub asset: Asset,
+    #[serde(default)]
+    pub description: BeforeAfterFields,
+}
+
+/// A description before and after an edit, as label → value.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct BeforeAfterFields {
+    #[serde(default, deserialize_with = "php_map")]
+    pub before: Vec<(String, String)>,
+    #[serde(default, deserialize_with = "php_map")]
+    pub after: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Collection {
+    #[serde(
+        rename = "collection_name",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
+    pub name: String,
+    #[serde(deserialize_with = "php_int")]
+    pub base_id: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CollectionChanged {
+    #[serde(flatten)]
+    pub asset: Asset,
+    pub before: Collection,
+    pub after: Collection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatusBit {
+    #[serde(deserialize_with = "php_int")]
+    pub bit: i64,
+    pub state: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Statuses {
+    #[serde(default, deserialize_with = "php_list")]
+    pub status: Vec<StatusBit>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatusChanged {
+    #[serde(flatten)]
+    pub asset: Asset,
+    pub before: Statuses,
+    pub after: Statuses,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SubdefCreated {
+    #[serde(flatten)]
+    pub asset: Asset,
+    pub subdef_name: String,
+    pub permalink: Option<String>,
+    pub original_name: Option<String>,
+    #[serde(default, deserialize_with = "php_opt_int")]
+    pub size: Option<i64>,
+    #[serde(rename = "type")]
+    pub mime_type: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SubdefFailed {
+    #[serde(flatten)]
+    pub asset: Asset,
+    pub subdef_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct User {
+    #[serde(deserialize_with = "php_int")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub email: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub login: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Registration {
+    pub user: User,
+    /// base id → collection label.
+    #[serde(default, deserialize_with = "php_map")]
+    pub granted: Vec<(String, String)>,
+    #[serde(default, deserialize_with = "php_map")]
+    pub rejected: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Order {
+    pub user: User,
+    #[serde(rename = "order", deserialize_with = "php_int")]
+    pub order_id: i64,
+}
+
 /// Why a body is not an event. The message goes back to the sender in a 400.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -135,30 +286,80 @@ pub enum EventError {
     Field { field: String, problem: String },
 }
 
+/// The top-level keys the host reads itself; the rest is left unparsed.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, rename = "webhookId")]
+    webhook_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow)]
+    instance_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    event_time: Option<&'a RawValue>,
+}
+
+/// `data`, the body of every `record.*` event.
+#[derive(Deserialize)]
+struct Data<T> {
+    data: T,
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    user: User,
+}
+
 impl Event {
     /// Parses `raw` as a Phraseanet event, in either format, under the id `id`.
+    ///
+    /// One pass reads the envelope without building a tree; a second reads the
+    /// typed record of events that have one.
     pub fn parse(id: String, raw: Bytes) -> Result<Event, EventError> {
-        let value: Value =
-            serde_json::from_slice(&raw).map_err(|e| EventError::NotJson(e.to_string()))?;
-        let obj = match &value {
-            Value::Object(o) => o,
-            Value::Null => return Err(EventError::Null),
-            Value::Array(_) => return Err(EventError::NotObject("array")),
-            Value::String(_) => return Err(EventError::NotObject("string")),
-            Value::Number(_) => return Err(EventError::NotObject("number")),
-            Value::Bool(_) => return Err(EventError::NotObject("boolean")),
+        let head: Head<'_> = match serde_json::from_slice(&raw) {
+            Ok(h) => h,
+            Err(e) => return Err(not_an_object(&raw).unwrap_or(EventError::NotJson(e.to_string()))),
         };
-        let name = match (obj.get("event"), obj.get("name")) {
-            (Some(Value::String(s)), _) | (None, Some(Value::String(s))) if !s.is_empty() => {
-                s.clone()
-            }
-            (Some(v), _) if !v.is_string() => return Err(field("event", "must be a string", v)),
-            (None, Some(v)) if !v.is_string() => return Err(field("name", "must be a string", v)),
-            _ => return Err(EventError::NoName),
+        let name = match (head.event, head.name) {
+            (Some(v), _) => string_field("event", v)?,
+            (None, Some(v)) => string_field("name", v)?,
+            (None, None) => return Err(EventError::NoName),
         };
-        let source = parse_source(obj)?;
+        if name.is_empty() {
+            return Err(EventError::NoName);
+        }
+        let source = parse_source(&head)?;
         let payload = match name.as_str() {
-            "new_feed_entry" => Payload::NewFeedEntry(Box::new(typed(&value)?)),
+            "new_feed_entry" => Payload::NewFeedEntry(typed(&raw)?),
+            "record.created" => Payload::RecordCreated(Box::new(typed::<Data<_>>(&raw)?.data)),
+            "record.edited" => Payload::RecordEdited(Box::new(typed::<Data<_>>(&raw)?.data)),
+            "record.deleted" => Payload::RecordDeleted(Box::new(typed::<Data<_>>(&raw)?.data)),
+            "record.media_substituted" => {
+                Payload::RecordMediaSubstituted(Box::new(typed::<Data<_>>(&raw)?.data))
+            }
+            "record.collection_changed" => {
+                Payload::RecordCollectionChanged(Box::new(typed::<Data<_>>(&raw)?.data))
+            }
+            "record.status_changed" => {
+                Payload::RecordStatusChanged(Box::new(typed::<Data<_>>(&raw)?.data))
+            }
+            "record.subdef.created" => {
+                Payload::RecordSubdefCreated(Box::new(typed::<Data<_>>(&raw)?.data))
+            }
+            "record.subdef.creation_failed" => {
+                Payload::RecordSubdefCreationFailed(Box::new(typed::<Data<_>>(&raw)?.data))
+            }
+            "user.created" => Payload::UserCreated(Box::new(typed::<UserBody>(&raw)?.user)),
+            "user.deleted" => Payload::UserDeleted(Box::new(typed::<UserBody>(&raw)?.user)),
+            "user.registration.granted" => Payload::UserRegistrationGranted(typed(&raw)?),
+            "user.registration.rejected" => Payload::UserRegistrationRejected(typed(&raw)?),
+            "order.created" => Payload::OrderCreated(typed(&raw)?),
+            "order.delivered" => Payload::OrderDelivered(typed(&raw)?),
+            "order.denied" => Payload::OrderDenied(typed(&raw)?),
             _ => Payload::Other,
         };
         Ok(Event {
@@ -176,57 +377,86 @@ pub fn new_event_id() -> String {
     format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
-fn field(name: &str, problem: &str, got: &Value) -> EventError {
-    let kind = match got {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// For a body that is valid JSON but not an object, what it is instead.
+fn not_an_object(raw: &[u8]) -> Option<EventError> {
+    let first = raw.iter().find(|b| !b.is_ascii_whitespace())?;
+    let kind = match first {
+        b'n' => {
+            return serde_json::from_slice::<Value>(raw)
+                .ok()
+                .map(|_| EventError::Null);
+        }
+        b'[' => "array",
+        b'"' => "string",
+        b't' | b'f' => "boolean",
+        b'-' | b'0'..=b'9' => "number",
+        _ => return None,
     };
-    EventError::Field {
-        field: name.to_string(),
-        problem: format!("{problem}, not {kind}"),
+    serde_json::from_slice::<serde::de::IgnoredAny>(raw)
+        .ok()
+        .map(|_| EventError::NotObject(kind))
+}
+
+fn kind_of(v: &RawValue) -> &'static str {
+    match v.get().as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
+}
+
+fn wrong(field: &str, problem: &str, got: &RawValue) -> EventError {
+    EventError::Field {
+        field: field.to_string(),
+        problem: format!("{problem}, not {}", kind_of(got)),
+    }
+}
+
+fn string_field(field: &str, v: &RawValue) -> Result<String, EventError> {
+    serde_json::from_str::<String>(v.get()).map_err(|_| wrong(field, "must be a string", v))
 }
 
 /// The envelope is all or nothing: `webhookId` marks the current format, and then
 /// `url` and `instance_name` must be there too.
-fn parse_source(obj: &serde_json::Map<String, Value>) -> Result<Option<Source>, EventError> {
-    let Some(id) = obj.get("webhookId") else {
+fn parse_source(head: &Head<'_>) -> Result<Option<Source>, EventError> {
+    let Some(id) = head.webhook_id else {
         return Ok(None);
     };
-    let webhook_id = id
-        .as_i64()
-        .ok_or_else(|| field("webhookId", "must be an integer", id))?;
-    let text = |key: &str| -> Result<String, EventError> {
-        match obj.get(key) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(v) => Err(field(key, "must be a string", v)),
-            None => Err(EventError::Field {
-                field: key.to_string(),
-                problem: "is missing (an event with `webhookId` carries the whole envelope)".into(),
-            }),
-        }
+    let webhook_id = serde_json::from_str::<i64>(id.get())
+        .map_err(|_| wrong("webhookId", "must be an integer", id))?;
+    let text = |key: &str, v: Option<&RawValue>| match v {
+        Some(v) => string_field(key, v),
+        None => Err(EventError::Field {
+            field: key.to_string(),
+            problem: "is missing (an event with `webhookId` carries the whole envelope)".into(),
+        }),
     };
-    let time = match obj.get("event_time") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(EventTime::deserialize(v).map_err(|e| EventError::Field {
-            field: "event_time".into(),
-            problem: format!("must be {{\"date\": …, \"timezone\": …}} ({e})"),
-        })?),
+    let time = match head.event_time {
+        None => None,
+        Some(v) if v.get() == "null" => None,
+        Some(v) => {
+            Some(
+                serde_json::from_str::<EventTime>(v.get()).map_err(|e| EventError::Field {
+                    field: "event_time".into(),
+                    problem: format!("must be {{\"date\": …, \"timezone\": …}} ({e})"),
+                })?,
+            )
+        }
     };
     Ok(Some(Source {
         webhook_id,
-        url: text("url")?,
-        instance_name: text("instance_name")?,
+        url: text("url", head.url)?,
+        instance_name: text("instance_name", head.instance_name)?,
         time,
     }))
 }
 
-fn typed<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, EventError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+fn typed<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, EventError> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         EventError::Field {
             field: path,
@@ -254,6 +484,71 @@ where
         L::Map(m) => m.into_values().collect(),
         L::Null(()) => Vec::new(),
     })
+}
+
+/// A string → string map, in the order written; PHP writes an empty one as `[]`.
+/// Values that are numbers or booleans are taken as their JSON text.
+fn php_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of strings, or an empty array")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = m.next_entry::<String, Value>()? {
+                let v = match v {
+                    Value::String(s) => s,
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: A,
+        ) -> Result<Self::Value, A::Error> {
+            if s.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                return Err(serde::de::Error::custom(
+                    "expected an object of strings, found a non-empty array",
+                ));
+            }
+            Ok(Vec::new())
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// An integer, also when PHP wrote it as a numeric string (`"12"`).
+fn php_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Int(i64),
+        Text(String),
+    }
+    match N::deserialize(d)? {
+        N::Int(n) => Ok(n),
+        N::Text(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("expected an integer, found {s:?}"))),
+    }
+}
+
+fn php_opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct W(#[serde(deserialize_with = "php_int")] i64);
+    Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -306,17 +601,52 @@ mod tests {
     }
 
     #[test]
-    fn every_phraseanet_event_is_accepted() {
+    fn every_phraseanet_event_has_a_typed_view() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/events");
         for name in KNOWN_EVENTS {
-            let body = format!(
-                r#"{{"event":"{name}","webhookId":1,"version":1,"url":"https:\/\/d\/","instance_name":"D","data":{{}}}}"#
-            );
-            if *name == "new_feed_entry" {
-                continue;
-            }
-            let e = parse(&body).unwrap();
-            assert_eq!(e.payload, Payload::Other, "{name}");
+            let raw = std::fs::read(format!("{dir}/{name}.json")).unwrap();
+            let e = Event::parse("evt_test".into(), Bytes::from(raw))
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(e.name, *name);
+            assert_ne!(e.payload, Payload::Other, "{name}");
+            assert!(e.source.is_some(), "{name}");
         }
+        let e = parse(include_str!(
+            "../../tests/fixtures/events/record.edited.json"
+        ))
+        .unwrap();
+        let Payload::RecordEdited(r) = e.payload else {
+            panic!()
+        };
+        assert_eq!(r.asset.record_id, 4521);
+        assert_eq!(
+            r.description.after,
+            vec![("Title".to_string(), "Palme d\u{2019}or 2026".to_string())]
+        );
+        let e = parse(include_str!(
+            "../../tests/fixtures/events/user.registration.granted.json"
+        ))
+        .unwrap();
+        let Payload::UserRegistrationGranted(r) = e.payload else {
+            panic!()
+        };
+        assert_eq!(
+            (r.granted, r.rejected),
+            (vec![("3".to_string(), "Press".to_string())], vec![])
+        );
+        // PHP sometimes writes ids as strings.
+        let e = parse(
+            r#"{"event":"order.denied","user":{"id":"88","email":"a@b","login":"a"},"order":"7"}"#,
+        )
+        .unwrap();
+        assert!(matches!(e.payload, Payload::OrderDenied(o) if o.order_id == 7 && o.user.id == 88));
+        // An event name Phraseanet does not send is accepted as `other`.
+        assert_eq!(
+            parse(r#"{"event":"basket.shared","basket":{}}"#)
+                .unwrap()
+                .payload,
+            Payload::Other
+        );
     }
 
     #[test]
@@ -327,6 +657,12 @@ mod tests {
         assert!(msg("\"x\"").contains("string"));
         assert!(msg("{").contains("not JSON"));
         assert!(msg("{}").contains("names no event"));
+        assert!(msg("true").contains("boolean"));
+        assert!(msg("12").contains("number"));
+        let m = msg(r#"{"event":"record.created","data":{"databox_id":1}}"#);
+        assert!(m.starts_with("`data`") && m.contains("record_id"), "{m}");
+        let m = msg(r#"{"event":"user.created","user":{"id":"x"}}"#);
+        assert!(m.starts_with("`user.id`"), "{m}");
         assert!(msg(r#"{"event": 3}"#).contains("`event` must be a string, not a number"));
         assert!(
             msg(r#"{"event":"x","webhookId":"12"}"#).contains("`webhookId` must be an integer")

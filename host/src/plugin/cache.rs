@@ -30,7 +30,8 @@ pub struct Cache {
 
 impl Cache {
     pub fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Cache> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the plugin cache {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the plugin cache {}", dir.display()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -39,11 +40,18 @@ impl Cache {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
-        Ok(Cache { dir: dir.to_path_buf(), engine_key: format!("{:016x}", h.finish()) })
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            engine_key: format!("{:016x}", h.finish()),
+        })
     }
 
     fn path(&self, bytes: &[u8]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", hex::encode(Sha256::digest(bytes)), self.engine_key))
+        self.dir.join(format!(
+            "{}-{}.cwasm",
+            hex::encode(Sha256::digest(bytes)),
+            self.engine_key
+        ))
     }
 
     /// The compiled form of `bytes`: from the cache when a sound entry is there,
@@ -62,9 +70,13 @@ impl Cache {
                 // it is the bytes wasmtime produced, unaltered.
                 Some(payload) => match unsafe { Component::deserialize(engine, payload) } {
                     Ok(c) => return Ok(c),
-                    Err(e) => tracing::warn!(entry = %path.display(), "plugin cache entry refused, rebuilding: {e}"),
+                    Err(e) => {
+                        tracing::warn!(entry = %path.display(), "plugin cache entry refused, rebuilding: {e}")
+                    }
                 },
-                None => tracing::warn!(entry = %path.display(), "plugin cache entry is corrupt, rebuilding"),
+                None => {
+                    tracing::warn!(entry = %path.display(), "plugin cache entry is corrupt, rebuilding")
+                }
             }
             let _ = std::fs::remove_file(&path);
         }

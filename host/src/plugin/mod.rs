@@ -272,7 +272,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { cache_dir: None, warm_instances: 2, recycle_after: 10_000 }
+        RuntimeOptions {
+            cache_dir: None,
+            warm_instances: 2,
+            recycle_after: 10_000,
+        }
     }
 }
 
@@ -321,7 +325,13 @@ impl Runtime {
                     }
                 }
             })?;
-        Ok(Runtime { engine, linker, options, cache, stop })
+        Ok(Runtime {
+            engine,
+            linker,
+            options,
+            cache,
+            stop,
+        })
     }
 
     /// Compiles `bytes` (the file `file`), or takes it from the cache, and checks
@@ -350,14 +360,24 @@ impl Runtime {
             None => compile()?,
         };
         let ty = component.component_type();
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
         let world = WorldVersion::ALL
             .iter()
             .copied()
             .find(|v| exports.iter().any(|e| e == v.handler_export()))
             .ok_or_else(|| LoadError::NoWorld {
-                found: if exports.is_empty() { "none".into() } else { exports.join(", ") },
+                found: if exports.is_empty() {
+                    "none".into()
+                } else {
+                    exports.join(", ")
+                },
                 supported: WorldVersion::ALL
                     .iter()
                     .map(|v| v.handler_export())
@@ -396,7 +416,10 @@ impl Runtime {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter { memory: cx.limits.memory, hit: false },
+            limiter: Limiter {
+                memory: cx.limits.memory,
+                hit: false,
+            },
             log: LogTag {
                 client: cx.client_id.to_string(),
                 plugin: format!("{}@{}", plugin.file, plugin.hash),
@@ -415,7 +438,11 @@ impl Runtime {
         let instance = match &plugin.bindings {
             Bindings::V0_1(pre) => Instance::V0_1(pre.instantiate(&mut store)?),
         };
-        Ok(Warm { store, instance, calls: 0 })
+        Ok(Warm {
+            store,
+            instance,
+            calls: 0,
+        })
     }
 
     /// Runs `plugin` on `event` for one client, in a warm instance of that client's
@@ -428,12 +455,22 @@ impl Runtime {
         cx: &CallContext<'_>,
     ) -> Result<Verdict, PluginError> {
         let limits = cx.limits;
-        let idle = plugin.warm.lock().unwrap().get_mut(cx.client_id).and_then(Vec::pop);
+        let idle = plugin
+            .warm
+            .lock()
+            .unwrap()
+            .get_mut(cx.client_id)
+            .and_then(Vec::pop);
         let mut warm = match idle {
             Some(w) => w,
             None => match self.instantiate(plugin, cx) {
                 Ok(w) => w,
-                Err(e) => return Err(PluginError::Trap(format!("could not instantiate: {}", one_line(&format!("{e:#}"))))),
+                Err(e) => {
+                    return Err(PluginError::Trap(format!(
+                        "could not instantiate: {}",
+                        one_line(&format!("{e:#}"))
+                    )));
+                }
             },
         };
         {
@@ -444,7 +481,8 @@ impl Runtime {
             state.log.dropped = 0;
             state.log.max = limits.max_log_lines;
         }
-        warm.store.set_epoch_deadline(deadline_ticks(limits.deadline));
+        warm.store
+            .set_epoch_deadline(deadline_ticks(limits.deadline));
         let result = match &warm.instance {
             Instance::V0_1(i) => v0_1::call(i, &mut warm.store, event, cx),
         };
@@ -452,15 +490,23 @@ impl Runtime {
 
         let state = warm.store.data_mut();
         let stderr_tail = state.stderr.take_lines();
-        for (name, lines) in [("stdout", state.stdout.take_lines()), ("stderr", stderr_tail.clone())] {
+        for (name, lines) in [
+            ("stdout", state.stdout.take_lines()),
+            ("stderr", stderr_tail.clone()),
+        ] {
             for line in lines {
-                state.log.emit(tracing::Level::INFO, &format!("{name}: {line}"));
+                state
+                    .log
+                    .emit(tracing::Level::INFO, &format!("{name}: {line}"));
             }
         }
         if state.log.dropped > 0 {
             let n = state.log.dropped;
             state.log.lines = 0;
-            state.log.emit(tracing::Level::WARN, &format!("{n} more log lines dropped (limit {})", state.log.max));
+            state.log.emit(
+                tracing::Level::WARN,
+                &format!("{n} more log lines dropped (limit {})", state.log.max),
+            );
         }
         let memory_hit = state.limiter.hit;
 
@@ -502,7 +548,9 @@ fn deadline_ticks(deadline: Duration) -> u64 {
 /// printed last (a Rust panic message, a Python traceback), and where.
 fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
     let mut what = match trap.downcast_ref::<Trap>() {
-        Some(Trap::UnreachableCodeReached) => "wasm `unreachable` executed (a panic or abort in the plugin)".to_string(),
+        Some(Trap::UnreachableCodeReached) => {
+            "wasm `unreachable` executed (a panic or abort in the plugin)".to_string()
+        }
         Some(Trap::StackOverflow) => "stack overflow".to_string(),
         Some(t) => t.to_string(),
         None => trap.root_cause().to_string(),
@@ -514,7 +562,10 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
         .collect();
     if !said.is_empty() {
         let tail = said[said.len().saturating_sub(3)..].join(" / ");
-        what.push_str(&format!("; the plugin printed: {}", tail.chars().take(400).collect::<String>()));
+        what.push_str(&format!(
+            "; the plugin printed: {}",
+            tail.chars().take(400).collect::<String>()
+        ));
     }
     what
 }

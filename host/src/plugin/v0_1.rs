@@ -46,7 +46,9 @@ pub fn call(
         id: cx.client_id.to_string(),
         config: cx.config.to_vec(),
     };
-    let answer = instance.hookwasm_plugin_handler().call_handle(&mut *store, &ev, &client)?;
+    let answer = instance
+        .hookwasm_plugin_handler()
+        .call_handle(&mut *store, &ev, &client)?;
     Ok(match answer {
         Ok(t::Verdict::Deliver(d)) => Ok(Verdict::Deliver(Rendered {
             body: d.body,
@@ -92,7 +94,9 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
                 .collect(),
             users_were_notified: n.users_were_notified,
         }),
-        event::Payload::Other => t::Payload::Other,
+        // 0.1.0 typed only new_feed_entry; every other event stays `other` for
+        // the plugins built against it.
+        _ => t::Payload::Other,
     };
     let source = e.source.as_ref().map(|s| t::Source {
         webhook_id: s.webhook_id,
