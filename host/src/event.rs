@@ -455,6 +455,10 @@ fn parse_source(head: &Head<'_>) -> Result<Option<Source>, EventError> {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, EventError> {
+    // The quick way first; only a failure pays for finding the path to blame.
+    if let Ok(v) = serde_json::from_slice(raw) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(raw);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -466,24 +470,44 @@ fn typed<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T, EventError> {
 }
 
 /// PHP's `json_encode` writes an empty array as `[]` but a list with holes as a map;
-/// accept both, and `null`.
+/// accept both, and `null`. (A visitor, not an untagged enum: that would buffer
+/// the whole list before looking at it.)
 fn php_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum L<T> {
-        List(Vec<T>),
-        Map(std::collections::BTreeMap<String, T>),
-        Null(()),
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut s: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(x) = s.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((_, x)) = m.next_entry::<serde::de::IgnoredAny, T>()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
     }
-    Ok(match L::deserialize(d)? {
-        L::List(v) => v,
-        L::Map(m) => m.into_values().collect(),
-        L::Null(()) => Vec::new(),
-    })
+    d.deserialize_any(V(std::marker::PhantomData))
 }
 
 /// A string → string map, in the order written; PHP writes an empty one as `[]`.
@@ -530,25 +554,35 @@ fn php_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String
 
 /// An integer, also when PHP wrote it as a numeric string (`"12"`).
 fn php_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        Int(i64),
-        Text(String),
-    }
-    match N::deserialize(d)? {
-        N::Int(n) => Ok(n),
-        N::Text(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("expected an integer, found {s:?}"))),
-    }
+    php_opt_int(d)?.ok_or_else(|| serde::de::Error::custom("expected an integer, found null"))
 }
 
 fn php_opt_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    struct W(#[serde(deserialize_with = "php_int")] i64);
-    Ok(Option::<W>::deserialize(d)?.map(|w| w.0))
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            i64::try_from(n)
+                .map(Some)
+                .map_err(|_| E::custom("integer too large"))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            s.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| E::custom(format!("expected an integer, found {s:?}")))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {

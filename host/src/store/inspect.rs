@@ -68,8 +68,8 @@ impl Inspector {
         limit: usize,
     ) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT d.id, d.seq, d.event_id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at \
-             FROM deliveries d JOIN events e ON e.id = d.event_id \
+            "SELECT d.id, d.seq, e.id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq \
              WHERE (?1 IS NULL OR d.client_id = ?1) AND (?2 IS NULL OR d.state = ?2) \
              ORDER BY d.seq DESC LIMIT ?3",
         )?;

@@ -360,7 +360,7 @@ impl Store {
         let sql = format!(
             "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
                     e.id, e.body \
-             FROM deliveries d JOIN events e ON e.id = d.event_id WHERE {filter}"
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {filter}"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params, |r| {

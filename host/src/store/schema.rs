@@ -14,16 +14,20 @@ use crate::event::Event;
 const MIGRATIONS: &[&str] = &[
     // 1: events, deliveries, attempts, client health.
     r#"
+    -- Ids (evt_…, msg_…) are ULIDs, unique by construction: they are not indexed,
+    -- so ingest writes one B-tree per table. Lookups by id are for the command
+    -- line, which can afford a scan.
     CREATE TABLE events (
-        id          TEXT PRIMARY KEY,
+        seq         INTEGER PRIMARY KEY,
+        id          TEXT NOT NULL,
         name        TEXT NOT NULL,
         body        BLOB NOT NULL,
         received_at INTEGER NOT NULL
     );
     CREATE TABLE deliveries (
         seq             INTEGER PRIMARY KEY,
-        id              TEXT NOT NULL UNIQUE,
-        event_id        TEXT NOT NULL REFERENCES events(id),
+        id              TEXT NOT NULL,
+        event_seq       INTEGER NOT NULL REFERENCES events(seq),
         client_id       TEXT NOT NULL,
         state           TEXT NOT NULL,
         reason          TEXT,
@@ -110,13 +114,14 @@ pub fn insert_event(
 ) -> rusqlite::Result<Vec<i64>> {
     tx.prepare_cached("INSERT INTO events (id, name, body, received_at) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![event.id, event.name, &event.raw[..], received_at])?;
+    let event_seq = tx.last_insert_rowid();
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO deliveries (id, event_id, client_id, state, created_at, updated_at) \
+        "INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at) \
          VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
     )?;
     let mut seqs = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        stmt.execute(params![d.id, event.id, d.client_id, received_at])?;
+        stmt.execute(params![d.id, event_seq, d.client_id, received_at])?;
         seqs.push(tx.last_insert_rowid());
     }
     Ok(seqs)
