@@ -76,6 +76,25 @@ async fn shutdown_signal() {
     }
 }
 
+/// The runtime for `plugin test` and `plugin check`: compiled code is cached
+/// under `$HOOKWASM_CACHE_DIR`, else `$XDG_CACHE_HOME/hookwasm/plugins`, else
+/// `~/.cache/hookwasm/plugins`, so trying a large Python plugin again is quick.
+fn cli_runtime_options() -> RuntimeOptions {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let cache_dir = env("HOOKWASM_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hookwasm/plugins")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/hookwasm/plugins")))
+        .filter(|d| std::fs::create_dir_all(d).is_ok());
+    RuntimeOptions {
+        cache_dir,
+        ..RuntimeOptions::default()
+    }
+}
+
 fn read_plugin(path: &Path) -> Result<(String, Vec<u8>)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the plugin {}", path.display()))?;
@@ -107,13 +126,14 @@ pub async fn plugin_test(
     }
     let client = client.to_string();
     let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
-        let runtime = Runtime::new(RuntimeOptions::default())?;
+        let runtime = Runtime::new(cli_runtime_options())?;
         let plugin = runtime
             .load(&name, &bytes)
             .map_err(|e| anyhow!("{name}: {e}"))?;
         let limits = PluginLimits::default();
         let cx = CallContext {
             client_id: &client,
+            delivery_id: "msg_plugin_test",
             config: &kv,
             limits: &limits,
         };
@@ -177,7 +197,7 @@ pub fn verdict_json(v: &Verdict) -> String {
 pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
     let (name, bytes) = read_plugin(plugin)?;
     let outcome = tokio::task::spawn_blocking(move || -> Result<_> {
-        let runtime = Runtime::new(RuntimeOptions::default())?;
+        let runtime = Runtime::new(cli_runtime_options())?;
         Ok(runtime
             .load(&name, &bytes)
             .map_err(|e| format!("{name}: {e}")))

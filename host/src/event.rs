@@ -46,6 +46,8 @@ pub struct Event {
     pub raw: Bytes,
     pub payload: Payload,
     pub source: Option<Source>,
+    /// When the host accepted it, in ms since the Unix epoch.
+    pub received_at: i64,
 }
 
 /// The typed view of an event: one variant per Phraseanet 4.1 event.
@@ -362,12 +364,16 @@ impl Event {
             "order.denied" => Payload::OrderDenied(typed(&raw)?),
             _ => Payload::Other,
         };
+        let received_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         Ok(Event {
             id,
             name,
             raw,
             payload,
             source,
+            received_at,
         })
     }
 }

@@ -7,7 +7,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const wit = join(here, '..', '..', 'wit', 'plugin-0.1.0');
+const wit = join(here, '..', '..', 'wit', 'plugin-0.2.0');
 const only = process.argv.slice(2);
 await mkdir(join(here, 'target'), { recursive: true });
 

@@ -72,13 +72,56 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// A Python (`python-…`) or JavaScript (`js-…`) example plugin, built by
+/// `scripts/build-plugins` (which installs componentize-py / componentize-js).
+pub fn foreign_plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new(repo().join("scripts/build-plugins"))
+            .args(["python", "js"])
+            .output()
+            .expect("scripts/build-plugins runs");
+        assert!(
+            out.status.success(),
+            "scripts/build-plugins python js failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "scripts/build-plugins made no {}",
+        path.display()
+    );
+    path
+}
+
+/// A process's resident memory, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hookwasm")
 }
 
 /// Runs `hookwasm` with `args` and returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .env(
+            "HOOKWASM_CACHE_DIR",
+            repo().join("target/test-plugin-cache"),
+        )
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -269,6 +312,17 @@ impl Host {
     /// Writes a config (`[server]`, `[plugins]`, `[store]` are added) and plugin
     /// files (`(name in plugins.dir, source)`), then starts `hookwasm serve`.
     pub async fn start(config: &str, plugins: &[(&str, PathBuf)]) -> Host {
+        let cache = repo().join("target/test-plugin-cache");
+        let extra = format!("cache_dir = {:?}\n", cache.to_str().unwrap());
+        Host::start_with(config, plugins, &extra).await
+    }
+
+    /// Like `start`, with `plugins_extra` lines in the `[plugins]` section.
+    pub async fn start_with(
+        config: &str,
+        plugins: &[(&str, PathBuf)],
+        plugins_extra: &str,
+    ) -> Host {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         for (name, src) in plugins {
@@ -276,7 +330,7 @@ impl Host {
         }
         let addr = free_port();
         let text = format!(
-            "[server]\nlisten = \"{addr}\"\n\n[plugins]\ndir = \"plugins\"\n\n[store]\npath = \"data/hookwasm.db\"\n\n{config}"
+            "[server]\nlisten = \"{addr}\"\n\n[plugins]\ndir = \"plugins\"\n{plugins_extra}\n[store]\npath = \"data/hookwasm.db\"\n\n{config}"
         );
         let path = dir.path().join("hookwasm.toml");
         std::fs::write(&path, text).unwrap();
@@ -301,7 +355,7 @@ impl Host {
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("HOOKWASM_LOG", "info,hookwasm=debug")
+            .env("HOOKWASM_LOG", "info,hookwasm=debug,plugin=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -328,6 +382,10 @@ impl Host {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     pub fn plugins(&self) -> PathBuf {

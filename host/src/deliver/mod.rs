@@ -616,17 +616,22 @@ impl Worker {
         let tag = format!("{}@{}", plugin.file, plugin.hash);
         let runtime = self.registry.runtime().clone();
         let client = self.client.clone();
-        let events: Vec<Arc<Event>> = jobs.iter().map(|j| j.event.clone()).collect();
+        let work: Vec<(Arc<Event>, String)> = jobs
+            .iter()
+            .map(|j| (j.event.clone(), j.id.clone()))
+            .collect();
         let p = plugin.clone();
         let results = tokio::task::spawn_blocking(move || {
-            let cx = CallContext {
-                client_id: &client.id,
-                config: &client.config,
-                limits: &client.limits,
-            };
-            events
-                .iter()
-                .map(|e| runtime.call(&p, e, &cx))
+            work.iter()
+                .map(|(event, delivery_id)| {
+                    let cx = CallContext {
+                        client_id: &client.id,
+                        delivery_id,
+                        config: &client.config,
+                        limits: &client.limits,
+                    };
+                    runtime.call(&p, event, &cx)
+                })
                 .collect::<Vec<_>>()
         })
         .await

@@ -23,6 +23,7 @@ mod cache;
 mod capture;
 pub mod registry;
 mod v0_1;
+mod v0_2;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,12 +49,14 @@ const CAPTURE_BYTES: usize = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorldVersion {
     V0_1,
+    V0_2,
 }
 
 impl WorldVersion {
     pub fn as_str(self) -> &'static str {
         match self {
             WorldVersion::V0_1 => "0.1.0",
+            WorldVersion::V0_2 => "0.2.0",
         }
     }
 
@@ -61,10 +64,11 @@ impl WorldVersion {
     fn handler_export(self) -> &'static str {
         match self {
             WorldVersion::V0_1 => "hookwasm:plugin/handler@0.1.0",
+            WorldVersion::V0_2 => "hookwasm:plugin/handler@0.2.0",
         }
     }
 
-    const ALL: &'static [WorldVersion] = &[WorldVersion::V0_1];
+    const ALL: &'static [WorldVersion] = &[WorldVersion::V0_1, WorldVersion::V0_2];
 }
 
 /// A compiled plugin, checked against its world, ready to call. Cheap to share:
@@ -96,11 +100,14 @@ impl std::fmt::Debug for Plugin {
 
 enum Bindings {
     V0_1(v0_1::PluginPre<HostState>),
+    V0_2(v0_2::PluginPre<HostState>),
 }
 
 /// The client a call is made for.
 pub struct CallContext<'a> {
     pub client_id: &'a str,
+    /// The delivery's id, the `webhook-id` the client will see.
+    pub delivery_id: &'a str,
     pub config: &'a [(String, String)],
     pub limits: &'a PluginLimits,
 }
@@ -257,6 +264,7 @@ struct Warm {
 
 enum Instance {
     V0_1(v0_1::Plugin),
+    V0_2(v0_2::Plugin),
 }
 
 /// How the runtime keeps compiled code and instances.
@@ -305,6 +313,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         v0_1::add_to_linker(&mut linker)?;
+        v0_2::add_to_linker(&mut linker)?;
 
         let cache = match &options.cache_dir {
             Some(dir) => Some(cache::Cache::open(dir, &engine)?),
@@ -391,6 +400,7 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
         let bindings = match world {
             WorldVersion::V0_1 => Bindings::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?),
+            WorldVersion::V0_2 => Bindings::V0_2(v0_2::PluginPre::new(pre).map_err(mismatch)?),
         };
         Ok(Plugin {
             file: file.to_string(),
@@ -437,6 +447,7 @@ impl Runtime {
         store.epoch_deadline_trap();
         let instance = match &plugin.bindings {
             Bindings::V0_1(pre) => Instance::V0_1(pre.instantiate(&mut store)?),
+            Bindings::V0_2(pre) => Instance::V0_2(pre.instantiate(&mut store)?),
         };
         Ok(Warm {
             store,
@@ -485,6 +496,7 @@ impl Runtime {
             .set_epoch_deadline(deadline_ticks(limits.deadline));
         let result = match &warm.instance {
             Instance::V0_1(i) => v0_1::call(i, &mut warm.store, event, cx),
+            Instance::V0_2(i) => v0_2::call(i, &mut warm.store, event, cx),
         };
         warm.calls += 1;
 

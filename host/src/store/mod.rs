@@ -242,8 +242,8 @@ impl Store {
     ) -> Result<Vec<i64>, String> {
         let (done, rx) = oneshot::channel();
         let op = Op::Ingest {
+            received_at: event.received_at,
             event,
-            received_at: now_ms(),
             deliveries,
             after,
             done,
@@ -359,7 +359,7 @@ impl Store {
         let conn = self.reader.lock().unwrap();
         let sql = format!(
             "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
-                    e.id, e.body \
+                    e.id, e.body, e.received_at \
              FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {filter}"
         );
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -376,6 +376,7 @@ impl Store {
                 r.get::<_, Option<Vec<u8>>>(8)?,
                 r.get::<_, String>(9)?,
                 r.get::<_, Vec<u8>>(10)?,
+                r.get::<_, i64>(11)?,
             ))
         })?;
         let mut jobs = Vec::new();
@@ -392,10 +393,12 @@ impl Store {
                 body,
                 event_id,
                 event_body,
+                received_at,
             ) = row?;
             // The event was valid when it was stored; the same parser accepts it again.
-            let event = Event::parse(event_id, Bytes::from(event_body))
+            let mut event = Event::parse(event_id, Bytes::from(event_body))
                 .with_context(|| format!("delivery {id}: its stored event no longer parses"))?;
+            event.received_at = received_at;
             let rendered = rendered.then(|| StoredRender {
                 request: Rendered {
                     body: body.unwrap_or_else(|| event.raw.to_vec()),

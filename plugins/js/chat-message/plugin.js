@@ -1,7 +1,7 @@
 // chat-message, in JavaScript: the same behaviour as plugins/chat-message (Rust).
 // Turns a new_feed_entry into {"text": "New in <feed>: <title> — <description>",
 // "channel": <config channel>}; skips every other event.
-import { log } from 'hookwasm:plugin/host@0.1.0';
+import { log } from 'hookwasm:plugin/host@0.2.0';
 
 const encoder = new TextEncoder();
 

@@ -20,11 +20,11 @@
 //! ```
 #![deny(missing_docs)]
 
-/// The bindings generated from the world `hookwasm:plugin/plugin@0.1.0`.
+/// The bindings generated from the world `hookwasm:plugin/plugin@0.2.0`.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin-0.1.0",
+        path: "../../wit/plugin-0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -34,8 +34,9 @@ pub mod bindings {
 
 pub use bindings::exports::hookwasm::plugin::handler::Guest as Plugin;
 pub use bindings::hookwasm::plugin::types::{
-    Author, Client, Delivery, Entry, Error, Event, EventTime, Feed, Level, NewFeedEntry, Payload, Source, Subscriber,
-    Verdict,
+    Asset, Author, BaseLabel, Client, Collection, CollectionChanged, Delivery, Entry, Error, Event, EventTime, Feed,
+    FieldValue, Level, NewFeedEntry, Order, Payload, RecordCreated, RecordEdited, Registration, Source, StatusBit,
+    StatusChanged, SubdefCreated, SubdefFailed, Subscriber, User, Verdict,
 };
 
 /// Exports a type that implements [`Plugin`] as the component's handler.
@@ -113,6 +114,20 @@ pub trait EventExt {
     /// if let Some(entry) = event.new_feed_entry() { /* … */ }
     /// ```
     fn new_feed_entry(&self) -> Option<&NewFeedEntry>;
+
+    /// The record a `record.*` event is about, or `None` for other events.
+    ///
+    /// ```ignore
+    /// if let Some(asset) = event.asset() { /* asset.record_id, asset.collection_name, … */ }
+    /// ```
+    fn asset(&self) -> Option<&Asset>;
+
+    /// The user a `user.*` or `order.*` event is about, or `None` for other events.
+    ///
+    /// ```ignore
+    /// if let Some(user) = event.user() { /* user.email, user.login, … */ }
+    /// ```
+    fn user(&self) -> Option<&User>;
 }
 
 impl EventExt for Event {
@@ -124,10 +139,32 @@ impl EventExt for Event {
         serde_json::from_str(&self.json).map_err(|e| Error::InvalidEvent(format!("{}: {e}", self.name)))
     }
 
+    fn asset(&self) -> Option<&Asset> {
+        match &self.payload {
+            Payload::RecordCreated(r) => Some(&r.asset),
+            Payload::RecordEdited(r) => Some(&r.asset),
+            Payload::RecordDeleted(a) | Payload::RecordMediaSubstituted(a) => Some(a),
+            Payload::RecordCollectionChanged(r) => Some(&r.asset),
+            Payload::RecordStatusChanged(r) => Some(&r.asset),
+            Payload::RecordSubdefCreated(r) => Some(&r.asset),
+            Payload::RecordSubdefCreationFailed(r) => Some(&r.asset),
+            _ => None,
+        }
+    }
+
+    fn user(&self) -> Option<&User> {
+        match &self.payload {
+            Payload::UserCreated(u) | Payload::UserDeleted(u) => Some(u),
+            Payload::UserRegistrationGranted(r) | Payload::UserRegistrationRejected(r) => Some(&r.user),
+            Payload::OrderCreated(o) | Payload::OrderDelivered(o) | Payload::OrderDenied(o) => Some(&o.user),
+            _ => None,
+        }
+    }
+
     fn new_feed_entry(&self) -> Option<&NewFeedEntry> {
         match &self.payload {
             Payload::NewFeedEntry(n) => Some(n),
-            Payload::Other => None,
+            _ => None,
         }
     }
 }

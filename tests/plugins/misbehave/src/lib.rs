@@ -13,13 +13,17 @@
 //! - `open-file`: tries to read /etc/passwd and lists `/`;
 //! - `env`: tries to read the host's environment;
 //! - `count`: delivers `{"calls": n}`, n counting calls into this instance;
+//! - `socket`: tries to open a TCP connection;
+//! - `describe`: delivers what the typed view says: payload kind, record id,
+//!   user login, delivery id, received-at;
 //! - anything else, or no `do`: delivers `{"ok": true, "event": <name>}`.
 //!
-//! With `only_event = ID`, misbehaves only for that event id and is good otherwise.
+//! With `only_event = ID`, misbehaves only for that event id (or name) and is good
+//! otherwise. With `panic_on = NAME`, panics on events of that name whatever `do` says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hookwasm_plugin::{Client, ClientExt, Error, Event, Level, Plugin, Verdict};
+use hookwasm_plugin::{Client, ClientExt, Error, Event, EventExt, Level, Payload, Plugin, Verdict};
 
 struct Misbehave;
 
@@ -28,6 +32,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 impl Plugin for Misbehave {
     fn handle(event: Event, client: Client) -> Result<Verdict, Error> {
         let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        if client.get("panic_on") == Some(event.name.as_str()) {
+            panic!("asked to panic on {}", event.name);
+        }
         let what = match client.get("only_event") {
             Some(id) if id != event.id && id != event.name => "",
             _ => client.get_or("do", ""),
@@ -93,6 +100,38 @@ impl Plugin for Misbehave {
                 } else {
                     Err(Error::Failed(format!("environment reachable: {} variables", vars.len())))
                 }
+            }
+            "socket" => match std::net::TcpStream::connect("127.0.0.1:80") {
+                Err(e) => Ok(hookwasm_plugin::skip(format!("no network, as it should be: {e}"))),
+                Ok(_) => Err(Error::Failed("network reachable".into())),
+            },
+            "describe" => {
+                let kind = match &event.payload {
+                    Payload::NewFeedEntry(_) => "new-feed-entry",
+                    Payload::RecordCreated(_) => "record-created",
+                    Payload::RecordEdited(_) => "record-edited",
+                    Payload::RecordDeleted(_) => "record-deleted",
+                    Payload::RecordMediaSubstituted(_) => "record-media-substituted",
+                    Payload::RecordCollectionChanged(_) => "record-collection-changed",
+                    Payload::RecordStatusChanged(_) => "record-status-changed",
+                    Payload::RecordSubdefCreated(_) => "record-subdef-created",
+                    Payload::RecordSubdefCreationFailed(_) => "record-subdef-creation-failed",
+                    Payload::UserCreated(_) => "user-created",
+                    Payload::UserDeleted(_) => "user-deleted",
+                    Payload::UserRegistrationGranted(_) => "user-registration-granted",
+                    Payload::UserRegistrationRejected(_) => "user-registration-rejected",
+                    Payload::OrderCreated(_) => "order-created",
+                    Payload::OrderDelivered(_) => "order-delivered",
+                    Payload::OrderDenied(_) => "order-denied",
+                    Payload::Other => "other",
+                };
+                let record = event.asset().map_or(-1, |a| a.record_id);
+                let login = event.user().map_or("", |u| u.login.as_str());
+                let body = format!(
+                    "{{\"payload\":\"{kind}\",\"record_id\":{record},\"login\":\"{login}\",\"delivery_id\":\"{}\",\"received_at\":{}}}",
+                    client.delivery_id, event.received_at
+                );
+                Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
             }
             "count" => Ok(hookwasm_plugin::deliver(format!("{{\"calls\":{calls}}}").into_bytes(), None)),
             _ => {

@@ -1,0 +1,466 @@
+//! Plugins that cannot hurt the host, warm instances, the compiled-code cache,
+//! world versions, and plugins in Python and JavaScript — all through the real
+//! binary, with plugins built from source by this test run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+const LOOPBACK: &str = "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n";
+
+fn client(id: &str, url: &str, extra: &str) -> String {
+    format!("[[clients]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// A client whose plugin misbehaves as `what` says. Only the looping one runs
+/// under the default 500 ms deadline; the others get 10 s, so that on a busy
+/// machine each ends in the error of its own kind, not a deadline.
+fn misbehaving(id: &str, recv: &Receiver, what: &str) -> String {
+    let deadline = if what == "loop" {
+        ""
+    } else {
+        "[clients.limits]\ndeadline = \"10s\"\n"
+    };
+    client(
+        id,
+        &recv.url(&format!("/{id}")),
+        &format!("plugin = \"misbehave.wasm\"\n{deadline}[clients.config]\ndo = \"{what}\""),
+    )
+}
+
+async fn wait_rows(
+    host: &Host,
+    client: &str,
+    n: usize,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = host.deliveries(client);
+        if rows.iter().filter(|r| done(r)).count() >= n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client}: {rows:#?}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every kind of misbehaviour, side by side with a well-behaved client: each ends
+/// in a recorded, typed plugin error (or a sandboxed refusal) for its own delivery,
+/// the host keeps serving, and the healthy client is not held up.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_plugins_hurt_only_their_own_deliveries() {
+    let recv = Receiver::start().await;
+    let kinds: &[(&str, &str)] = &[
+        ("loop", "deadline"),
+        ("alloc", "memory"),
+        ("recurse", "trap"),
+        ("panic", "trap"),
+        ("big-output", "bad-output"),
+        ("bad-utf8", "trap"),
+        ("bad-header", "bad-output"),
+        ("many-headers", "bad-output"),
+        ("error", "failed"),
+    ];
+    let mut config = String::from(LOOPBACK);
+    for (what, _) in kinds {
+        config.push_str(&misbehaving(what, &recv, what));
+    }
+    for what in ["open-file", "env", "socket", "log-flood"] {
+        config.push_str(&misbehaving(what, &recv, what));
+    }
+    config.push_str(&client(
+        "good",
+        &recv.url("/good"),
+        "plugin = \"passthrough.wasm\"",
+    ));
+    config.push_str(&client(
+        "imports",
+        &recv.url("/imports"),
+        "plugin = \"bad-import.wasm\"",
+    ));
+    let host = Host::start(
+        &config,
+        &[
+            ("misbehave.wasm", plugin("misbehave")),
+            ("passthrough.wasm", plugin("passthrough")),
+            ("bad-import.wasm", plugin("bad-import")),
+        ],
+    )
+    .await;
+    // Warm up, then take the host's memory as the baseline.
+    assert_eq!(host.post(numbered(0)).await.0, 202);
+    recv.wait_for("/good", 1, WAIT).await;
+    wait_rows(&host, "alloc", 1, |r| r["state"] == "plugin_error").await;
+    let baseline = rss(host.pid());
+
+    for n in 1..=3 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    // The healthy client has all its deliveries while the looping one is still
+    // working through its deadlines (500 ms an event).
+    recv.wait_for("/good", 4, WAIT).await;
+    let looped = host
+        .deliveries("loop")
+        .iter()
+        .filter(|r| r["state"] == "plugin_error")
+        .count();
+    assert!(
+        looped < 4,
+        "the healthy client waited for the looping one ({looped} loops done)"
+    );
+
+    for (what, kind) in kinds {
+        let rows = wait_rows(&host, what, 4, |r| r["state"] == "plugin_error").await;
+        for r in &rows {
+            let reason = r["reason"].as_str().unwrap();
+            assert!(reason.starts_with(&format!("{kind}:")), "{what}: {reason}");
+            assert!(
+                r["plugin"].as_str().unwrap().starts_with("misbehave.wasm@"),
+                "{r}"
+            );
+        }
+        assert!(
+            recv.got(&format!("/{what}")).is_empty(),
+            "{what}: nothing is sent, not even raw"
+        );
+    }
+    let panic = &host.deliveries("panic")[0];
+    assert!(
+        panic["reason"].as_str().unwrap().contains("asked to panic"),
+        "the panic message is reported: {panic}"
+    );
+
+    // The sandbox: no files, no environment, no sockets.
+    for what in ["open-file", "env", "socket"] {
+        let rows = wait_rows(&host, what, 4, |r| r["state"] == "skipped").await;
+        assert!(
+            rows[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("as it should be"),
+            "{what}: {}",
+            rows[0]
+        );
+    }
+    // A log flood is cut to the per-call limit.
+    recv.wait_for("/log-flood", 4, WAIT).await;
+    let flood_lines = host.log().lines().filter(|l| l.contains("flood ")).count();
+    assert!(
+        flood_lines <= 4 * 32,
+        "{flood_lines} flood lines reached the log"
+    );
+    assert!(host.log().contains("more log lines dropped"));
+    // An import the host does not provide: refused at load, named, client held.
+    let st = host.status().await;
+    let bad = st["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["file"] == "bad-import.wasm")
+        .unwrap();
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("evil:net/raw-socket"),
+        "{bad}"
+    );
+    assert!(
+        host.deliveries("imports")
+            .iter()
+            .all(|r| r["state"] == "held")
+    );
+
+    // Still serving, and memory back near where it was.
+    assert_eq!(host.post(numbered(9)).await.0, 202);
+    recv.wait_for("/good", 5, WAIT).await;
+    let after = rss(host.pid());
+    assert!(
+        after < baseline + (64 << 20),
+        "memory grew from {baseline} to {after} bytes"
+    );
+}
+
+/// An instance is reused for one client's calls, never shared with another
+/// client, thrown away after a trap, and recycled after `recycle_after` calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_instances_are_per_client_and_replaced_after_a_trap() {
+    let recv = Receiver::start().await;
+    let counting = "plugin = \"misbehave.wasm\"\nmax_in_flight = 1\n[clients.config]\ndo = \"count\"\npanic_on = \"record.created\"";
+    let host = Host::start_with(
+        &format!(
+            "{LOOPBACK}{}{}",
+            client("a", &recv.url("/a"), counting),
+            client("b", &recv.url("/b"), counting)
+        ),
+        &[("misbehave.wasm", plugin("misbehave"))],
+        "recycle_after = 4\n",
+    )
+    .await;
+    let calls = |path: &str| -> Vec<u64> {
+        recv.got(path)
+            .iter()
+            .map(|g| g.json()["calls"].as_u64().unwrap())
+            .collect()
+    };
+    for n in 0..3 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+        recv.wait_for("/a", n + 1, WAIT).await;
+        recv.wait_for("/b", n + 1, WAIT).await;
+    }
+    assert_eq!(
+        calls("/a"),
+        vec![1, 2, 3],
+        "one warm instance serves a client's calls"
+    );
+    assert_eq!(calls("/b"), vec![1, 2, 3], "and another client has its own");
+
+    // A trap poisons only that instance: the next call starts afresh.
+    assert_eq!(host.post(fixture("record.created.json")).await.0, 202);
+    wait_rows(&host, "a", 1, |r| r["state"] == "plugin_error").await;
+    for n in 3..8 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+        recv.wait_for("/a", n + 1, WAIT).await;
+    }
+    // After the trap: a fresh instance, recycled after 4 calls.
+    assert_eq!(calls("/a")[3..], [1, 2, 3, 4, 1]);
+}
+
+/// A compiled plugin is cached on disk; a corrupt entry is noticed and rebuilt.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compiled_code_cache_survives_restarts_and_corruption() {
+    let recv = Receiver::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let extra = format!("cache_dir = {:?}\n", cache.path().to_str().unwrap());
+    let mut host = Host::start_with(
+        &format!(
+            "{LOOPBACK}{}",
+            client("c", &recv.url("/c"), "plugin = \"chat-message.wasm\"")
+        ),
+        &[("chat-message.wasm", plugin("chat-message"))],
+        &extra,
+    )
+    .await;
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let entry = &entries[0];
+    assert!(entry.extension().unwrap() == "cwasm");
+    let good = std::fs::read(entry).unwrap();
+
+    // Corrupt it: flip bytes in the middle.
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(entry, &bad).unwrap();
+    assert!(host.sigterm().success());
+    host.restart().await;
+    assert!(
+        host.log()
+            .contains("plugin cache entry is corrupt, rebuilding"),
+        "{}",
+        host.log()
+    );
+    assert_eq!(std::fs::read(entry).unwrap(), good, "the entry was rebuilt");
+    assert_eq!(host.post(fixture("new_feed_entry.json")).await.0, 202);
+    let got = recv.wait_for("/c", 1, WAIT).await;
+    assert!(got[0].json()["text"].is_string());
+
+    // Truncated to nothing useful: also rebuilt.
+    std::fs::write(entry, &good[..100]).unwrap();
+    assert!(host.sigterm().success());
+    host.restart().await;
+    assert_eq!(
+        host.log()
+            .matches("plugin cache entry is corrupt, rebuilding")
+            .count(),
+        2
+    );
+}
+
+/// A plugin built against 0.1.0 before 0.2.0 existed keeps loading and behaves
+/// the same; a 0.2.0 plugin sees every event typed.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_and_new_world_versions_serve_side_by_side() {
+    let legacy = repo().join("tests/fixtures/plugins/chat-message-0.1.0.wasm");
+    let (code, out, _) = run(&["plugin", "check", legacy.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("plugin@0.1.0"), "{out}");
+    let (code, out, _) = run(&["plugin", "check", plugin("chat-message").to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("plugin@0.2.0"), "{out}");
+
+    let recv = Receiver::start().await;
+    let host = Host::start(
+        &format!(
+            "{LOOPBACK}{}{}{}",
+            client(
+                "old",
+                &recv.url("/old"),
+                "plugin = \"old.wasm\"\n[clients.config]\nchannel = \"#c\""
+            ),
+            client(
+                "new",
+                &recv.url("/new"),
+                "plugin = \"new.wasm\"\n[clients.config]\nchannel = \"#c\""
+            ),
+            client(
+                "typed",
+                &recv.url("/typed"),
+                "plugin = \"misbehave.wasm\"\n[clients.config]\ndo = \"describe\""
+            ),
+        ),
+        &[
+            ("old.wasm", legacy),
+            ("new.wasm", plugin("chat-message")),
+            ("misbehave.wasm", plugin("misbehave")),
+        ],
+    )
+    .await;
+    assert_eq!(host.post(fixture("new_feed_entry.json")).await.0, 202);
+    let old = recv.wait_for("/old", 1, WAIT).await;
+    let new = recv.wait_for("/new", 1, WAIT).await;
+    assert_eq!(
+        old[0].body, new[0].body,
+        "the 0.1.0 plugin behaves as it did"
+    );
+
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for name in hookwasm::event::KNOWN_EVENTS {
+        let kind = name.replace(['.', '_'], "-");
+        expected.insert(name.to_string(), kind);
+        assert_eq!(host.post(fixture(&format!("{name}.json"))).await.0, 202);
+    }
+    let got = recv
+        .wait_for("/typed", 1 + hookwasm::event::KNOWN_EVENTS.len(), WAIT)
+        .await;
+    for g in &got[1..] {
+        let v = g.json();
+        let kind = v["payload"].as_str().unwrap();
+        assert!(
+            expected.values().any(|k| k == kind),
+            "an unexpected payload kind {kind}"
+        );
+        assert_eq!(
+            v["delivery_id"],
+            g.header("webhook-id"),
+            "plugins see the delivery id"
+        );
+        assert!(v["received_at"].as_u64().unwrap() > 1_700_000_000_000);
+        if kind.starts_with("record-") {
+            assert!(v["record_id"].as_i64().unwrap() > 0, "{v}");
+        }
+        if kind.starts_with("user-") || kind.starts_with("order-") {
+            assert!(!v["login"].as_str().unwrap().is_empty(), "{v}");
+        }
+    }
+    let kinds: std::collections::HashSet<String> = got[1..]
+        .iter()
+        .map(|g| g.json()["payload"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        hookwasm::event::KNOWN_EVENTS.len(),
+        "every event has its own typed record"
+    );
+}
+
+/// The Python and JavaScript examples, built with componentize-py and
+/// componentize-js, give byte for byte what the Rust ones give.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_plugins_match_the_rust_ones() {
+    let events = [
+        "new_feed_entry.json",
+        "new_feed_entry.documented.json",
+        "record.created.json",
+    ];
+    for behaviour in ["chat-message", "redact-subscribers"] {
+        let rust = plugin(behaviour);
+        for lang in ["python", "js"] {
+            let other = foreign_plugin(&format!("{lang}-{behaviour}"));
+            for event in events {
+                let ev = repo().join("tests/fixtures/events").join(event);
+                let args = |p: &std::path::Path| {
+                    run(&[
+                        "plugin",
+                        "test",
+                        p.to_str().unwrap(),
+                        "--event",
+                        ev.to_str().unwrap(),
+                        "--config",
+                        "channel=#x",
+                    ])
+                };
+                let (code_r, out_r, _) = args(&rust);
+                let (code_o, out_o, err_o) = args(&other);
+                assert_eq!(
+                    (code_o, &out_o),
+                    (code_r, &out_r),
+                    "{lang}-{behaviour} on {event}: {err_o}"
+                );
+            }
+        }
+    }
+
+    let recv = Receiver::start().await;
+    let mut config = String::from(LOOPBACK);
+    let mut plugins = Vec::new();
+    for lang in ["rust", "python", "js"] {
+        for behaviour in ["chat-message", "redact-subscribers"] {
+            let id = format!("{lang}-{behaviour}");
+            let file = format!("{id}.wasm");
+            let src = if lang == "rust" {
+                plugin(behaviour)
+            } else {
+                foreign_plugin(&id)
+            };
+            config.push_str(&client(
+                &id,
+                &recv.url(&format!("/{id}")),
+                &format!("plugin = \"{file}\"\n[clients.config]\nchannel = \"#x\""),
+            ));
+            plugins.push((Box::leak(file.into_boxed_str()) as &str, src));
+        }
+    }
+    let host = Host::start(&config, &plugins).await;
+    assert_eq!(host.post(fixture("new_feed_entry.json")).await.0, 202);
+    assert_eq!(
+        host.post(fixture("new_feed_entry.documented.json")).await.0,
+        202
+    );
+    for behaviour in ["chat-message", "redact-subscribers"] {
+        let rust = recv.wait_for(&format!("/rust-{behaviour}"), 2, WAIT).await;
+        for lang in ["python", "js"] {
+            let other = recv
+                .wait_for(&format!("/{lang}-{behaviour}"), 2, WAIT)
+                .await;
+            let bodies = |g: &[Got]| {
+                let mut b: Vec<Vec<u8>> = g.iter().map(|g| g.body.to_vec()).collect();
+                b.sort();
+                b
+            };
+            assert_eq!(
+                bodies(&other),
+                bodies(&rust),
+                "{lang}-{behaviour} through the host"
+            );
+        }
+    }
+    assert!(
+        host.log().contains("chat message for feed"),
+        "guest log lines from every language reach the host log"
+    );
+}
