@@ -648,9 +648,9 @@ fn plugin_check_tells_a_plugin_from_anything_else() {
     let chat = plugin("chat-message");
     let (code, out, _) = run(&["plugin", "check", chat.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("hookwasm:plugin/plugin@0.1.0"), "{out}");
+    assert!(out.contains("hookwasm:plugin/plugin@0.2.0"), "{out}");
     assert!(
-        out.contains("hookwasm:plugin/host@0.1.0"),
+        out.contains("hookwasm:plugin/host@0.2.0"),
         "imports are listed: {out}"
     );
 
