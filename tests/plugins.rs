@@ -464,3 +464,129 @@ async fn python_and_javascript_plugins_match_the_rust_ones() {
         "guest log lines from every language reach the host log"
     );
 }
+
+/// `plugin new` writes projects that build on the first try in each language and
+/// whose sample events pass `plugin test --events`; a changed expectation fails.
+#[test]
+fn scaffolded_plugins_build_and_pass_their_own_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = |cmd: &str, cwd: &std::path::Path| {
+        let out = std::process::Command::new("bash")
+            .args(["-c", cmd])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let target = repo().join("target/scaffold-target");
+    for (lang, build, wasm) in [
+        (
+            "rust",
+            format!(
+                "cargo build --release --quiet --target wasm32-wasip2 --target-dir {}",
+                target.display()
+            ),
+            target.join("wasm32-wasip2/release/hello_rust.wasm"),
+        ),
+        (
+            "python",
+            "./build.sh".to_string(),
+            dir.path().join("hello-python/hello-python.wasm"),
+        ),
+        (
+            "js",
+            "npm install --no-audit --no-fund --loglevel=error && npm run build".to_string(),
+            dir.path().join("hello-js/hello-js.wasm"),
+        ),
+    ] {
+        let name = format!("hello-{lang}");
+        let (code, out, err) = run(&[
+            "plugin",
+            "new",
+            &name,
+            "--lang",
+            lang,
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("created"), "{out}");
+        let project = dir.path().join(&name);
+        assert!(
+            project.join("README.md").exists()
+                && project.join("wit/plugin-0.2.0/plugin.wit").exists()
+        );
+        sh(&build, &project);
+        let events = project.join("events");
+        let (code, out, err) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{lang}: {out}{err}");
+        assert!(
+            out.trim_end().ends_with("2 passed, 0 failed"),
+            "{lang}: {out}"
+        );
+
+        std::fs::write(
+            events.join("record.created.expected.json"),
+            "{\"verdict\":\"skip\",\"reason\":\"other\"}\n",
+        )
+        .unwrap();
+        let (code, out, _) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("FAILED   record.created") && out.contains("1 passed, 1 failed"),
+            "{out}"
+        );
+        let (code, _, _) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--update",
+        ]);
+        assert_eq!(code, 0);
+        let (code, _, _) = run(&[
+            "plugin",
+            "test",
+            wasm.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "--update records the verdicts");
+    }
+    let (code, _, err) = run(&[
+        "plugin",
+        "new",
+        "Bad Name",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("lowercase"), "{err}");
+    let (code, _, err) = run(&[
+        "plugin",
+        "new",
+        "hello-rust",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+}

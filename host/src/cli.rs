@@ -1,7 +1,7 @@
 //! What each command does, on top of the library. Errors are `anyhow` here and
 //! become one line in `main`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -117,13 +117,7 @@ pub async fn plugin_test(
         .with_context(|| format!("cannot read the event {}", event.display()))?;
     let event = Event::parse(new_event_id(), Bytes::from(raw))
         .map_err(|e| anyhow!("{} is not an event: {e}", event.display()))?;
-    let mut kv = Vec::new();
-    for entry in config {
-        let (k, v) = entry
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--config {entry:?} is not KEY=VALUE"))?;
-        kv.push((k.to_string(), v.to_string()));
-    }
+    let kv = parse_config_args(config)?;
     let client = client.to_string();
     let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
         let runtime = Runtime::new(cli_runtime_options())?;
@@ -192,6 +186,118 @@ pub fn verdict_json(v: &Verdict) -> String {
         }),
     };
     value.expect("plain data serialises")
+}
+
+/// `plugin test --events DIR`: every `NAME.json` in `dir` against its
+/// `NAME.expected.json`, a line each, then `N passed, M failed`.
+pub async fn plugin_test_folder(
+    plugin: &Path,
+    dir: &Path,
+    config: &[String],
+    client: &str,
+    update: bool,
+) -> Result<ExitCode> {
+    let (name, bytes) = read_plugin(plugin)?;
+    let kv = parse_config_args(config)?;
+    let mut cases: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder of events {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let file = p.file_name()?.to_str()?.to_string();
+            let stem = file.strip_suffix(".json")?;
+            (!stem.ends_with(".expected")).then(|| (stem.to_string(), p))
+        })
+        .collect();
+    cases.sort();
+    if cases.is_empty() {
+        bail!("no events (NAME.json) in {}", dir.display());
+    }
+    let client = client.to_string();
+    let inputs: Vec<(String, PathBuf)> = cases.clone();
+    let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let runtime = Runtime::new(cli_runtime_options())?;
+        let plugin = runtime
+            .load(&name, &bytes)
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+        let limits = PluginLimits::default();
+        let cx = CallContext {
+            client_id: &client,
+            delivery_id: "msg_plugin_test",
+            config: &kv,
+            limits: &limits,
+        };
+        Ok(inputs
+            .iter()
+            .map(|(_, path)| {
+                let raw = match std::fs::read(path) {
+                    Ok(r) => r,
+                    Err(e) => return error_json(&format!("cannot read the event: {e}")),
+                };
+                match Event::parse(new_event_id(), Bytes::from(raw)) {
+                    Err(e) => error_json(&format!("not an event: {e}")),
+                    Ok(event) => match runtime.call(&plugin, &event, &cx) {
+                        Ok(v) => verdict_json(&v),
+                        Err(e) => error_json(&format!("{}: {e}", e.kind())),
+                    },
+                }
+            })
+            .collect())
+    })
+    .await??;
+
+    let (mut passed, mut failed) = (0, 0);
+    for ((stem, _), actual) in cases.iter().zip(outputs) {
+        let expected_path = dir.join(format!("{stem}.expected.json"));
+        if update {
+            std::fs::write(&expected_path, format!("{actual}\n"))
+                .with_context(|| format!("cannot write {}", expected_path.display()))?;
+            println!("recorded {stem}");
+            passed += 1;
+            continue;
+        }
+        match std::fs::read_to_string(&expected_path) {
+            Ok(expected) if expected.trim() == actual => {
+                println!("ok       {stem}");
+                passed += 1;
+            }
+            Ok(expected) => {
+                println!(
+                    "FAILED   {stem}\n  expected: {}\n  got:      {actual}",
+                    expected.trim()
+                );
+                failed += 1;
+            }
+            Err(_) => {
+                println!(
+                    "FAILED   {stem}: no {stem}.expected.json (record it with --update)\n  got:      {actual}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn error_json(reason: &str) -> String {
+    serde_json::to_string(&serde_json::json!({ "verdict": "error", "reason": reason }))
+        .expect("plain data")
+}
+
+fn parse_config_args(config: &[String]) -> Result<Vec<(String, String)>> {
+    config
+        .iter()
+        .map(|entry| {
+            entry
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--config {entry:?} is not KEY=VALUE"))
+        })
+        .collect()
 }
 
 pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {

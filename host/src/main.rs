@@ -2,6 +2,7 @@
 //! line naming the thing and what to do, with a non-zero exit.
 
 mod cli;
+mod scaffold;
 
 // glibc's allocator spent a fifth of the host's time under load (many small,
 // short-lived buffers across threads); mimalloc handles that pattern far better.
@@ -91,12 +92,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Run one plugin on one event and print the verdict as JSON.
+    /// Run one plugin on one event and print the verdict as JSON, or on a folder
+    /// of events and compare each verdict with the one expected.
+    #[command(group = clap::ArgGroup::new("input").required(true).args(["event", "events"]))]
     Test {
         plugin: PathBuf,
         /// The event, a Phraseanet JSON document.
         #[arg(long)]
-        event: PathBuf,
+        event: Option<PathBuf>,
+        /// A folder of events (`NAME.json`), each with its expected verdict
+        /// (`NAME.expected.json`).
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// With --events: write the verdicts as the new expectations.
+        #[arg(long, requires = "events")]
+        update: bool,
         /// A client config entry KEY=VALUE handed to the plugin (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
@@ -106,6 +116,17 @@ enum PluginCommand {
     },
     /// Say whether a file is a plugin this host can load, and what it imports.
     Check { plugin: PathBuf },
+    /// Write a new plugin project, ready to build and test.
+    New {
+        /// The plugin's name: lowercase letters, digits and `-`.
+        name: String,
+        /// rust, python or js.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,9 +164,25 @@ fn main() -> ExitCode {
             Command::Plugin(PluginCommand::Test {
                 plugin,
                 event,
+                events,
+                update,
                 config,
                 client,
-            }) => cli::plugin_test(&plugin, &event, &config, &client).await,
+            }) => match (event, events) {
+                (Some(event), _) => cli::plugin_test(&plugin, &event, &config, &client).await,
+                (None, Some(dir)) => {
+                    cli::plugin_test_folder(&plugin, &dir, &config, &client, update).await
+                }
+                (None, None) => unreachable!("clap requires one"),
+            },
+            Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+                let made = scaffold::new_plugin(&name, &lang, &dir)?;
+                println!(
+                    "created {} ({lang}); its README says how to build and test it",
+                    made.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Plugin(PluginCommand::Check { plugin }) => cli::plugin_check(&plugin).await,
             Command::Receive {
                 listen,

@@ -1,4 +1,4 @@
-//! Write [hookwasm](https://github.com/) plugins in Rust.
+//! Write hookwasm plugins in Rust.
 //!
 //! A plugin decides, for each event and each client, what to send: implement
 //! [`Plugin`] for a type and name it in [`export!`]. Build with
