@@ -25,6 +25,9 @@ pub mod registry;
 mod v0_1;
 mod v0_2;
 
+#[doc(hidden)]
+pub use v0_2::Bare;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -636,6 +639,26 @@ fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, Plug
         )));
     }
     Ok(verdict)
+}
+
+impl Runtime {
+    /// A warm instance of a 0.2.0 `plugin` with `event` ready, for the benchmark
+    /// of a bare call.
+    #[doc(hidden)]
+    pub fn bare_call(&self, plugin: &Plugin, event: &Event) -> anyhow::Result<Bare> {
+        let limits = PluginLimits::default();
+        let cx = CallContext {
+            client_id: "bench",
+            delivery_id: "msg_bench",
+            config: &[],
+            limits: &limits,
+        };
+        let warm = self.instantiate(plugin, &cx)?;
+        match warm.instance {
+            Instance::V0_2(i) => Ok(v0_2::Bare::new(warm.store, i, event)),
+            Instance::V0_1(_) => anyhow::bail!("the bare-call benchmark wants a 0.2.0 plugin"),
+        }
+    }
 }
 
 /// The plugin version: 16 hex digits of the content's SHA-256.

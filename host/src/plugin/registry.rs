@@ -69,6 +69,9 @@ pub struct Registry {
     slots: RwLock<HashMap<String, Slot>>,
     reads: AtomicU64,
     generation: watch::Sender<u64>,
+    /// Compilations at once: one per core. Cranelift already spreads one
+    /// component over the cores; two hundred at a time would only pile up memory.
+    compiling: tokio::sync::Semaphore,
 }
 
 impl Registry {
@@ -79,6 +82,9 @@ impl Registry {
             slots: RwLock::new(HashMap::new()),
             reads: AtomicU64::new(0),
             generation: watch::channel(0).0,
+            compiling: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
     }
 
@@ -221,8 +227,10 @@ impl Registry {
         }
         let runtime = self.runtime.clone();
         let name = file.clone();
+        let permit = self.compiling.acquire().await.expect("never closed");
         let started = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await;
+        drop(permit);
         let took = started.elapsed();
 
         let mut slots = self.slots.write().unwrap();

@@ -231,3 +231,40 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
         received_at: e.received_at.max(0) as u64,
     })
 }
+
+/// A bare call into an instance, with arguments prepared in advance: the floor
+/// the plugin benchmark measures the host's per-event overhead against.
+#[doc(hidden)]
+pub struct Bare {
+    store: Store<HostState>,
+    instance: Plugin,
+    event: t::Event,
+    client: t::Client,
+}
+
+impl Bare {
+    pub(super) fn new(store: Store<HostState>, instance: Plugin, event: &Event) -> Bare {
+        let client = t::Client {
+            id: "bench".into(),
+            delivery_id: "msg_bench".into(),
+            config: Vec::new(),
+        };
+        Bare {
+            store,
+            instance,
+            event: to_wit(event).expect("UTF-8 event"),
+            client,
+        }
+    }
+
+    /// One call; the answer is dropped.
+    pub fn call(&mut self) {
+        self.store.set_epoch_deadline(u64::MAX / 2);
+        let answer = self.instance.hookwasm_plugin_handler().call_handle(
+            &mut self.store,
+            &self.event,
+            &self.client,
+        );
+        std::hint::black_box(answer.expect("no trap")).ok();
+    }
+}
