@@ -133,10 +133,14 @@ impl Host {
     }
 
     fn peak_memory(&self) -> u64 {
+        self.memory("VmHWM:")
+    }
+
+    fn memory(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let kb: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap();
         kb * 1024
@@ -213,9 +217,10 @@ async fn main() {
     std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
     std::fs::write(dir.path().join("plugins/p.wasm"), &passthrough).unwrap();
     std::fs::write(dir.path().join("plugins/warm.wasm"), &chat).unwrap(); // puts chat in the cache
+    std::fs::write(dir.path().join("plugins/steady.wasm"), &passthrough).unwrap();
     let clients = format!(
         "[[clients]]\nid = \"swap\"\nurl = \"http://{raddr}/swap\"\nplugin = \"p.wasm\"\n\
-         [[clients]]\nid = \"steady\"\nurl = \"http://{raddr}/steady\"\nplugin = \"warm.wasm\"\nevents = [\"record.created\"]\n"
+         [[clients]]\nid = \"steady\"\nurl = \"http://{raddr}/steady\"\nplugin = \"steady.wasm\"\nevents = [\"record.created\"]\n"
     );
     let (host, _) = Host::start(dir.path(), &clients).await;
     let mut plain = Vec::new();
@@ -331,6 +336,8 @@ async fn main() {
     h.stop();
     let (h, cached) = Host::start(many.path(), &clients).await;
     let many_mem = h.peak_memory();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let many_rss = h.memory("VmRSS:");
     h.stop();
     println!("reload: start-up (spawn to /healthz)");
     println!(
@@ -352,8 +359,12 @@ async fn main() {
         none_mem as f64 / 1048576.0
     );
     println!(
-        "  200 plugins loaded           {:>9.1} MiB   (+{:.0} KiB a plugin)",
+        "  200 plugins loaded           {:>9.1} MiB   (+{:.0} KiB a plugin and its client)",
         many_mem as f64 / 1048576.0,
         (many_mem - none_mem) as f64 / 1024.0 / 200.0
+    );
+    println!(
+        "  resident 2 s later           {:>9.1} MiB",
+        many_rss as f64 / 1048576.0
     );
 }

@@ -319,9 +319,69 @@ struct UserBody {
 impl Event {
     /// Parses `raw` as a Phraseanet event, in either format, under the id `id`.
     ///
-    /// One pass reads the envelope without building a tree; a second reads the
-    /// typed record of events that have one.
+    /// A well-formed `new_feed_entry` — most of the traffic — is read in one pass.
+    /// Anything else, or anything that pass refuses, takes the careful way, which
+    /// checks field by field and says exactly what is wrong.
     pub fn parse(id: String, raw: Bytes) -> Result<Event, EventError> {
+        match Self::quick_feed_entry(&id, &raw) {
+            Some(event) => Ok(event),
+            None => Self::parse_carefully(id, raw),
+        }
+    }
+
+    /// One pass for a valid `new_feed_entry` in either format; `None` for any
+    /// other event or any doubt.
+    fn quick_feed_entry(id: &str, raw: &Bytes) -> Option<Event> {
+        #[derive(Deserialize)]
+        struct Quick {
+            event: Option<String>,
+            name: Option<String>,
+            #[serde(rename = "webhookId")]
+            webhook_id: Option<i64>,
+            url: Option<String>,
+            instance_name: Option<String>,
+            event_time: Option<EventTime>,
+            feed: Feed,
+            entry: Entry,
+            #[serde(default, deserialize_with = "php_list")]
+            users: Vec<Subscriber>,
+            #[serde(default)]
+            users_were_notified: bool,
+        }
+        let q: Quick = serde_json::from_slice(raw).ok()?;
+        let name = match (q.event, q.name) {
+            (Some(n), _) | (None, Some(n)) => n,
+            (None, None) => return None,
+        };
+        if name != "new_feed_entry" {
+            return None;
+        }
+        let source = match (q.webhook_id, q.url, q.instance_name) {
+            (Some(webhook_id), Some(url), Some(instance_name)) => Some(Source {
+                webhook_id,
+                url,
+                instance_name,
+                time: q.event_time,
+            }),
+            (None, ..) => None,
+            _ => return None, // a partial envelope: let the careful way say what is missing
+        };
+        Some(Event {
+            id: id.to_string(),
+            name,
+            raw: raw.clone(),
+            payload: Payload::NewFeedEntry(Box::new(NewFeedEntry {
+                feed: q.feed,
+                entry: q.entry,
+                users: q.users,
+                users_were_notified: q.users_were_notified,
+            })),
+            source,
+            received_at: now_ms(),
+        })
+    }
+
+    fn parse_carefully(id: String, raw: Bytes) -> Result<Event, EventError> {
         let head: Head<'_> = match serde_json::from_slice(&raw) {
             Ok(h) => h,
             Err(e) => return Err(not_an_object(&raw).unwrap_or(EventError::NotJson(e.to_string()))),
@@ -364,18 +424,21 @@ impl Event {
             "order.denied" => Payload::OrderDenied(typed(&raw)?),
             _ => Payload::Other,
         };
-        let received_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         Ok(Event {
             id,
             name,
             raw,
             payload,
             source,
-            received_at,
+            received_at: now_ms(),
         })
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A fresh, time-ordered event id.
@@ -638,6 +701,28 @@ mod tests {
         assert_eq!(s.time.unwrap().timezone, "Europe/Paris");
         assert!(doc.source.is_none());
         assert_eq!(&cur.raw[..], CURRENT.as_bytes());
+    }
+
+    #[test]
+    fn the_quick_and_the_careful_way_agree() {
+        for raw in [CURRENT, DOCUMENTED] {
+            let quick =
+                Event::quick_feed_entry("evt_x", &Bytes::from(raw)).expect("takes the quick way");
+            let careful = Event::parse_carefully("evt_x".into(), Bytes::from(raw)).unwrap();
+            assert_eq!(
+                (&quick.name, &quick.payload, &quick.source),
+                (&careful.name, &careful.payload, &careful.source)
+            );
+        }
+        // A partial envelope or a wrong type is left to the careful way.
+        let partial = r#"{"event":"new_feed_entry","webhookId":1,"feed":{"title":"t"},"entry":{"title":"e","author":{}}}"#;
+        assert!(Event::quick_feed_entry("evt_x", &Bytes::from(partial)).is_none());
+        assert!(
+            parse(partial)
+                .unwrap_err()
+                .to_string()
+                .contains("`url` is missing")
+        );
     }
 
     #[test]

@@ -246,7 +246,12 @@ impl LogTag {
             return;
         }
         self.lines += 1;
-        let message: String = message.chars().take(2000).collect();
+        // Cut a long line at a character boundary; a short one costs nothing.
+        let mut end = message.len().min(2000);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let message = &message[..end];
         let (client, plugin) = (&self.client, &self.plugin);
         match level {
             tracing::Level::ERROR => tracing::error!(target: "plugin", client, plugin, "{message}"),
@@ -311,6 +316,10 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // One core per compilation: a large plugin compiling in the background must
+        // leave the other core to the deliveries (the registry runs one
+        // compilation per core when many files load at once).
+        config.parallel_compilation(false);
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -530,9 +539,12 @@ impl Runtime {
                 // The instance is sound: keep it for this client's next call.
                 if warm.calls < self.options.recycle_after {
                     let mut pools = plugin.warm.lock().unwrap();
-                    let pool = pools.entry(cx.client_id.to_string()).or_default();
-                    if pool.len() < self.options.warm_instances {
-                        pool.push(warm);
+                    match pools.get_mut(cx.client_id) {
+                        Some(pool) if pool.len() < self.options.warm_instances => pool.push(warm),
+                        Some(_) => {}
+                        None => {
+                            pools.insert(cx.client_id.to_string(), vec![warm]);
+                        }
                     }
                 }
                 answer?
