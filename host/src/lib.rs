@@ -52,7 +52,7 @@ pub async fn serve(
         &store,
         &registry,
     )?);
-    dispatcher.start();
+    dispatcher.start(&store);
 
     let app = ingest::router(Arc::new(ingest::Ingest {
         token: config.server.ingest_token.clone(),

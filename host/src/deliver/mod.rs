@@ -23,6 +23,7 @@ mod http;
 pub mod sign;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +41,10 @@ pub use http::USER_AGENT;
 const INBOX: usize = 8192;
 /// Jobs rendered per trip to the blocking pool.
 const BATCH: usize = 64;
-/// How often a worker looks for due retries and replayed deliveries.
-const POLL: Duration = Duration::from_millis(500);
+/// How often the store is swept for work the workers cannot know of: retries
+/// scheduled before a restart, and deliveries replayed from the command line.
+/// Two grouped queries on partial indexes, however many clients there are.
+const SWEEP: Duration = Duration::from_secs(1);
 /// The longest `Retry-After` honoured; a receiver cannot park us for a week.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -52,7 +55,7 @@ fn jitter(d: Duration) -> Duration {
 
 /// All the workers.
 pub struct Dispatcher {
-    workers: HashMap<String, Arc<Worker>>,
+    workers: Arc<HashMap<String, Arc<Worker>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
 }
@@ -71,8 +74,11 @@ struct Worker {
     health: Mutex<Health>,
     /// Turns true when the host stops: take no new attempt.
     stop: watch::Receiver<bool>,
-    /// The soonest retry this worker scheduled and has not run yet (ms).
+    /// The soonest retry known to be due (ms): scheduled by this worker, or
+    /// found in the store by the sweeper.
     soonest_retry: Mutex<Option<i64>>,
+    /// The sweeper saw held deliveries (a replay from the command line, say).
+    parked_hint: AtomicBool,
 }
 
 struct Inbox {
@@ -131,11 +137,12 @@ impl Dispatcher {
                 }),
                 stop: shutdown.subscribe(),
                 soonest_retry: Mutex::new(None),
+                parked_hint: AtomicBool::new(false),
             };
             workers.insert(c.id.clone(), Arc::new(worker));
         }
         Ok(Dispatcher {
-            workers,
+            workers: Arc::new(workers),
             tasks: Mutex::new(Vec::new()),
             shutdown,
         })
@@ -174,12 +181,42 @@ impl Dispatcher {
         }
     }
 
-    /// Starts the workers.
-    pub fn start(&self) {
+    /// Starts the workers, and the sweeper that tells them about work that
+    /// reached the store some other way (retries due from before a restart,
+    /// replays from the command line).
+    pub fn start(&self, store: &Store) {
         let mut tasks = self.tasks.lock().unwrap();
         for w in self.workers.values() {
             tasks.push(tokio::spawn(w.clone().run(self.shutdown.subscribe())));
         }
+        let workers = self.workers.clone();
+        let (store, mut stop) = (store.clone(), self.shutdown.subscribe());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.sweep()).await {
+                    Ok(Ok(sweep)) => {
+                        for (client, at) in sweep.retries {
+                            if let Some(w) = workers.get(&client) {
+                                w.note_retry_at(at);
+                            }
+                        }
+                        for client in sweep.held {
+                            if let Some(w) = workers.get(&client) {
+                                w.parked_hint.store(true, Ordering::Relaxed);
+                                w.wake.notify_one();
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot sweep the store: {e:#}"),
+                    Err(e) => tracing::error!("store sweep crashed: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
     }
 
     /// Stops taking work, waits for attempts in flight to finish and be recorded.
@@ -234,7 +271,6 @@ impl Worker {
         let mut plugins = self.registry.subscribe();
         let mut last_seq = 0i64;
         let mut check_parked = true;
-        let mut next_poll = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -243,24 +279,19 @@ impl Worker {
                 self.wait_enabled(&mut shutdown).await;
                 continue;
             }
-            let now = tokio::time::Instant::now();
             let retry_due = self
                 .soonest_retry
                 .lock()
                 .unwrap()
                 .is_some_and(|t| t <= store::now_ms());
-            if now >= next_poll || retry_due {
-                if now >= next_poll {
-                    next_poll = now + POLL;
-                    check_parked = true;
-                }
+            if retry_due {
                 *self.soonest_retry.lock().unwrap() = None;
                 if self.run_due_retries().await == BATCH {
                     // More are due than one batch: come back at once.
                     self.note_retry_at(store::now_ms());
                 }
             }
-            if check_parked {
+            if check_parked || self.parked_hint.swap(false, Ordering::Relaxed) {
                 check_parked = false;
                 self.resume_parked().await;
             }
@@ -272,7 +303,7 @@ impl Worker {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = plugins.changed() => check_parked = true,
-                _ = tokio::time::sleep_until(self.wake_at(next_poll)) => {}
+                _ = tokio::time::sleep_until(self.wake_at()) => {}
                 _ = shutdown.changed() => {}
             }
         }
@@ -404,15 +435,13 @@ impl Worker {
         self.wake.notify_one();
     }
 
-    /// The next time the worker must look at the store: the poll, or a retry.
-    fn wake_at(&self, next_poll: tokio::time::Instant) -> tokio::time::Instant {
-        match *self.soonest_retry.lock().unwrap() {
-            Some(t) => {
-                let wait = Duration::from_millis((t - store::now_ms()).max(0) as u64);
-                next_poll.min(tokio::time::Instant::now() + wait)
-            }
-            None => next_poll,
-        }
+    /// When the worker's next retry is due; far away when it has none.
+    fn wake_at(&self) -> tokio::time::Instant {
+        let wait = match *self.soonest_retry.lock().unwrap() {
+            Some(t) => Duration::from_millis((t - store::now_ms()).max(0) as u64),
+            None => Duration::from_secs(3600),
+        };
+        tokio::time::Instant::now() + wait
     }
 
     /// Starts the retries due now; returns how many it found.

@@ -174,6 +174,14 @@ impl Update {
     }
 }
 
+/// What a sweep of the store found.
+pub struct Sweep {
+    /// (client, soonest retry in ms) for every client with a retry scheduled.
+    pub retries: Vec<(String, i64)>,
+    /// Clients with held deliveries.
+    pub held: Vec<String>,
+}
+
 /// Runs on the writer thread right after an ingest commits, in commit order.
 pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
 
@@ -329,17 +337,24 @@ impl Store {
         )
     }
 
-    /// Blocking: when the client's next retry is due, if it has one.
-    pub fn next_retry_at(&self, client_id: &str) -> Result<Option<i64>> {
+    /// Blocking: for each client, its soonest retry, and whether it has held
+    /// deliveries. Both read partial indexes of unfinished work only.
+    pub fn sweep(&self) -> Result<Sweep> {
         let conn = self.reader.lock().unwrap();
-        Ok(conn
-            .query_row(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE client_id = ?1 AND state = 'retrying'",
-                [client_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .optional()?
-            .flatten())
+        let retries = conn
+            .prepare_cached(
+                "SELECT client_id, MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' GROUP BY client_id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+        let held = conn
+            .prepare_cached(
+                "SELECT DISTINCT client_id FROM deliveries \
+                 WHERE state IN ('pending', 'held', 'plugin_error') AND state = 'held'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(Sweep { retries, held })
     }
 
     /// Blocking: a client's recorded health: (disabled reason, failing since).
