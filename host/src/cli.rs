@@ -119,21 +119,12 @@ pub async fn plugin_test(
         .map_err(|e| anyhow!("{} is not an event: {e}", event.display()))?;
     let kv = parse_config_args(config)?;
     let client = client.to_string();
-    let verdict = tokio::task::spawn_blocking(move || -> Result<_> {
-        let runtime = Runtime::new(cli_runtime_options())?;
-        let plugin = runtime
-            .load(&name, &bytes)
-            .map_err(|e| anyhow!("{name}: {e}"))?;
-        let limits = PluginLimits::default();
-        let cx = CallContext {
-            client_id: &client,
-            delivery_id: "msg_plugin_test",
-            config: &kv,
-            limits: &limits,
-        };
-        Ok(runtime
-            .call(&plugin, &event, &cx)
-            .map_err(|e| (plugin.file.clone(), plugin.hash.clone(), e)))
+    let verdict = tokio::task::spawn_blocking(move || {
+        with_plugin(&name, &bytes, &client, &kv, |runtime, plugin, cx| {
+            runtime
+                .call(plugin, &event, cx)
+                .map_err(|e| (plugin.file.clone(), plugin.hash.clone(), e))
+        })
     })
     .await??;
     match verdict {
@@ -214,34 +205,25 @@ pub async fn plugin_test_folder(
     }
     let client = client.to_string();
     let inputs: Vec<(String, PathBuf)> = cases.clone();
-    let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-        let runtime = Runtime::new(cli_runtime_options())?;
-        let plugin = runtime
-            .load(&name, &bytes)
-            .map_err(|e| anyhow!("{name}: {e}"))?;
-        let limits = PluginLimits::default();
-        let cx = CallContext {
-            client_id: &client,
-            delivery_id: "msg_plugin_test",
-            config: &kv,
-            limits: &limits,
-        };
-        Ok(inputs
-            .iter()
-            .map(|(_, path)| {
-                let raw = match std::fs::read(path) {
-                    Ok(r) => r,
-                    Err(e) => return error_json(&format!("cannot read the event: {e}")),
-                };
-                match Event::parse(new_event_id(), Bytes::from(raw)) {
-                    Err(e) => error_json(&format!("not an event: {e}")),
-                    Ok(event) => match runtime.call(&plugin, &event, &cx) {
-                        Ok(v) => verdict_json(&v),
-                        Err(e) => error_json(&format!("{}: {e}", e.kind())),
-                    },
-                }
-            })
-            .collect())
+    let outputs = tokio::task::spawn_blocking(move || {
+        with_plugin(&name, &bytes, &client, &kv, |runtime, plugin, cx| {
+            inputs
+                .iter()
+                .map(|(_, path)| {
+                    let raw = match std::fs::read(path) {
+                        Ok(r) => r,
+                        Err(e) => return error_json(&format!("cannot read the event: {e}")),
+                    };
+                    match Event::parse(new_event_id(), Bytes::from(raw)) {
+                        Err(e) => error_json(&format!("not an event: {e}")),
+                        Ok(event) => match runtime.call(plugin, &event, cx) {
+                            Ok(v) => verdict_json(&v),
+                            Err(e) => error_json(&format!("{}: {e}", e.kind())),
+                        },
+                    }
+                })
+                .collect::<Vec<String>>()
+        })
     })
     .await??;
 
@@ -281,6 +263,29 @@ pub async fn plugin_test_folder(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Loads `bytes` as a plugin in a fresh runtime and runs `f` with a test client's
+/// context. Blocking: call it on the blocking pool.
+fn with_plugin<T>(
+    name: &str,
+    bytes: &[u8],
+    client: &str,
+    config: &[(String, String)],
+    f: impl FnOnce(&Runtime, &hookwasm::plugin::Plugin, &CallContext<'_>) -> T,
+) -> Result<T> {
+    let runtime = Runtime::new(cli_runtime_options())?;
+    let plugin = runtime
+        .load(name, bytes)
+        .map_err(|e| anyhow!("{name}: {e}"))?;
+    let limits = PluginLimits::default();
+    let cx = CallContext {
+        client_id: client,
+        delivery_id: "msg_plugin_test",
+        config,
+        limits: &limits,
+    };
+    Ok(f(&runtime, &plugin, &cx))
 }
 
 fn error_json(reason: &str) -> String {
