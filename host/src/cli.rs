@@ -394,8 +394,11 @@ fn print_delivery(parts: &axum::http::request::Parts, body: &[u8], secret: Optio
                 (false, _) => "signature: DOES NOT VERIFY with the given secret\n".to_string(),
             });
         }
+        (Some(_), _, _, None) => {
+            out.push_str("signature: none (this delivery was sent unsigned)\n")
+        }
         (Some(_), ..) => out.push_str(
-            "signature: MISSING (webhook-id, webhook-timestamp or webhook-signature absent)\n",
+            "signature: MALFORMED (webhook-signature without webhook-id or webhook-timestamp)\n",
         ),
     }
     out.push('\n');
