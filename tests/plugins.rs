@@ -74,7 +74,7 @@ async fn hostile_plugins_hurt_only_their_own_deliveries() {
     for (what, _) in kinds {
         config.push_str(&misbehaving(what, &recv, what));
     }
-    for what in ["open-file", "env", "socket", "log-flood"] {
+    for what in ["open-file", "env", "socket", "log-flood", "sleep"] {
         config.push_str(&misbehaving(what, &recv, what));
     }
     config.push_str(&client(
@@ -151,6 +151,10 @@ async fn hostile_plugins_hurt_only_their_own_deliveries() {
             rows[0]
         );
     }
+    // A sleep cannot hold the client: it returns at once (epochs cannot stop a
+    // host call, so the host never blocks in one).
+    let rows = wait_rows(&host, "sleep", 4, |r| r["state"] == "skipped").await;
+    assert_eq!(rows[0]["reason"], "woke up");
     // A log flood is cut to the per-call limit.
     recv.wait_for("/log-flood", 4, WAIT).await;
     let flood_lines = host.log().lines().filter(|l| l.contains("flood ")).count();
@@ -589,4 +593,57 @@ fn scaffolded_plugins_build_and_pass_their_own_tests() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
+}
+
+/// More parked deliveries than one page, a new version that fails on them too,
+/// then a working one: the worker pages through them each time, keeps taking new
+/// events meanwhile, and finally delivers every one, in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_parked_backlog_is_paged_through_and_delivered_in_order() {
+    let recv = Receiver::start().await;
+    let host = Host::start(
+        &format!(
+            "{LOOPBACK}{}",
+            client(
+                "c",
+                &recv.url("/c"),
+                "plugin = \"p.wasm\"\nmax_in_flight = 1\n[clients.config]\ndo = \"error\""
+            )
+        ),
+        &[("p.wasm", plugin("misbehave"))],
+    )
+    .await;
+    for n in 0..150 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    wait_rows(&host, "c", 150, |r| r["state"] == "plugin_error").await;
+
+    // Another version that fails as well: the backlog is tried again, once.
+    let other = variant(&plugin("misbehave"), "second");
+    host.install_plugin("p.wasm", &other);
+    let second = hash_of(&other);
+    wait_rows(&host, "c", 150, |r| {
+        r["plugin"].as_str().unwrap().ends_with(&second)
+    })
+    .await;
+    assert_eq!(
+        host.post(numbered(150)).await.0,
+        202,
+        "the worker still takes new events"
+    );
+    wait_rows(&host, "c", 151, |r| {
+        r["state"] == "plugin_error" && r["plugin"].as_str().unwrap().ends_with(&second)
+    })
+    .await;
+
+    // A working version: all 151 go out, in event order.
+    host.install_plugin("p.wasm", &plugin("passthrough"));
+    let got = recv.wait_for("/c", 151, WAIT).await;
+    let order: Vec<u64> = got
+        .iter()
+        .map(|g| g.json()["webhookId"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, (0..151).collect::<Vec<u64>>());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(recv.got("/c").len(), 151, "nothing sent twice");
 }

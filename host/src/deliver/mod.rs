@@ -71,6 +71,7 @@ struct Worker {
     permits: Arc<Semaphore>,
     /// Deliveries between "taken" and "outcome committed": never loaded twice.
     in_flight: Mutex<HashSet<i64>>,
+    finished: Mutex<Finished>,
     health: Mutex<Health>,
     /// Turns true when the host stops: take no new attempt.
     stop: watch::Receiver<bool>,
@@ -85,7 +86,21 @@ struct Inbox {
     queue: VecDeque<Job>,
     /// Jobs were left in the store only; read them back before the queue again.
     overflow: bool,
+    /// The highest seq of a fresh job taken so far: the next ones come after it.
+    cursor: i64,
 }
+
+/// Deliveries whose outcome was committed lately, with the order of that commit.
+/// A store read that began before the commit may still see the old state; this
+/// is how such a row is recognised and left out.
+#[derive(Default)]
+struct Finished {
+    count: u64,
+    recent: VecDeque<(i64, u64)>,
+}
+
+/// Lately finished deliveries kept for that check; reads take milliseconds.
+const FINISHED_KEPT: usize = 1 << 16;
 
 #[derive(Default, Clone)]
 struct Health {
@@ -127,7 +142,9 @@ impl Dispatcher {
                 inbox: Mutex::new(Inbox {
                     queue: VecDeque::new(),
                     overflow: true,
+                    cursor: 0,
                 }),
+                finished: Mutex::new(Finished::default()),
                 wake: Notify::new(),
                 permits: Arc::new(Semaphore::new(c.delivery.max_in_flight)),
                 in_flight: Mutex::new(HashSet::new()),
@@ -269,7 +286,6 @@ impl Worker {
 
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut plugins = self.registry.subscribe();
-        let mut last_seq = 0i64;
         let mut check_parked = true;
         loop {
             if *shutdown.borrow() {
@@ -278,6 +294,11 @@ impl Worker {
             if self.health.lock().unwrap().disabled.is_some() {
                 self.wait_enabled(&mut shutdown).await;
                 continue;
+            }
+            // A plugin change is noticed under steady traffic too, not only when idle.
+            if plugins.has_changed().unwrap_or(false) {
+                plugins.borrow_and_update();
+                check_parked = true;
             }
             let retry_due = self
                 .soonest_retry
@@ -295,7 +316,7 @@ impl Worker {
                 check_parked = false;
                 self.resume_parked().await;
             }
-            let fresh = self.take_fresh(&mut last_seq).await;
+            let fresh = self.take_fresh().await;
             if !fresh.is_empty() {
                 self.process(fresh).await;
                 continue;
@@ -331,97 +352,152 @@ impl Worker {
     }
 
     /// The next fresh jobs, in commit order: from the inbox, or from the store when
-    /// the inbox overflowed (or at start-up).
-    async fn take_fresh(&self, last_seq: &mut i64) -> Vec<Job> {
-        {
+    /// the inbox overflowed (or at start-up, or after a rewind).
+    async fn take_fresh(&self) -> Vec<Job> {
+        let after = {
             let mut inbox = self.inbox.lock().unwrap();
             let mut batch = Vec::new();
             while batch.len() < BATCH {
                 match inbox.queue.pop_front() {
-                    Some(job) if job.seq > *last_seq => batch.push(job),
+                    Some(job) if job.seq > inbox.cursor => batch.push(job),
                     Some(_) => {} // already read back from the store
                     None => break,
                 }
             }
             if let Some(last) = batch.last() {
-                *last_seq = last.seq;
+                inbox.cursor = last.seq;
                 return batch;
             }
             if !inbox.overflow {
                 return batch;
             }
-        }
-        let after = *last_seq;
-        let mut rows = self
+            inbox.cursor
+        };
+        // Parking writes are sent without waiting: make them visible first, so a
+        // job parked a moment ago is not read back as still pending.
+        self.store.flush().await;
+        let (mut rows, _) = self
             .load(move |s, id| s.load_pending(id, after, BATCH))
             .await;
         if rows.is_empty() {
             // Caught up: back to the inbox. Rows committed between that read and
-            // the switch were not pushed, so look once more; any that were pushed
-            // too are skipped above by their seq.
+            // the switch were not pushed, so look once more.
             self.inbox.lock().unwrap().overflow = false;
-            rows = self
+            (rows, _) = self
                 .load(move |s, id| s.load_pending(id, after, BATCH))
                 .await;
             if !rows.is_empty() {
-                self.inbox.lock().unwrap().overflow = true;
+                // Not caught up after all: the store has every row, those pushed
+                // meanwhile included, so it stays the source until caught up.
+                let mut inbox = self.inbox.lock().unwrap();
+                inbox.overflow = true;
+                inbox.queue.clear();
             }
         }
         if let Some(last) = rows.last() {
-            *last_seq = last.seq;
+            let mut inbox = self.inbox.lock().unwrap();
+            inbox.cursor = inbox.cursor.max(last.seq);
         }
         rows
     }
 
-    /// Runs a store read on the blocking pool, leaving out deliveries in flight.
+    /// Takes fresh jobs that were not attempted back into the store's hands: the
+    /// cursor goes back before them, so they are read again, in order.
+    fn rewind(&self, seq: i64) {
+        let mut inbox = self.inbox.lock().unwrap();
+        inbox.cursor = inbox.cursor.min(seq - 1);
+        inbox.overflow = true;
+        inbox.queue.clear();
+    }
+
+    /// Runs a store read on the blocking pool and leaves out what is in flight or
+    /// finished while the read ran. Returns the jobs and how many rows were read.
     async fn load(
         &self,
         read: impl FnOnce(&Store, &str) -> anyhow::Result<Vec<Job>> + Send + 'static,
-    ) -> Vec<Job> {
+    ) -> (Vec<Job>, usize) {
         let store = self.store.clone();
         let id = self.client.id.clone();
+        let began = self.finished.lock().unwrap().count;
         match tokio::task::spawn_blocking(move || read(&store, &id)).await {
             Ok(Ok(jobs)) => {
+                let read = jobs.len();
                 let busy = self.in_flight.lock().unwrap();
-                jobs.into_iter()
-                    .filter(|j| !busy.contains(&j.seq))
-                    .collect()
+                let finished = self.finished.lock().unwrap();
+                let since: HashSet<i64> = finished
+                    .recent
+                    .iter()
+                    .rev()
+                    .take_while(|(_, n)| *n > began)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                let jobs = jobs
+                    .into_iter()
+                    .filter(|j| !busy.contains(&j.seq) && !since.contains(&j.seq))
+                    .collect();
+                (jobs, read)
             }
             Ok(Err(e)) => {
                 tracing::error!(client = %self.client.id, "cannot read work from the store: {e:#}");
-                Vec::new()
+                (Vec::new(), 0)
             }
             Err(e) => {
                 tracing::error!(client = %self.client.id, "store read crashed: {e}");
-                Vec::new()
+                (Vec::new(), 0)
             }
         }
     }
 
-    /// Deliveries parked for a plugin: tried again once a plugin is serving.
+    /// Marks a delivery's outcome as committed: it leaves the in-flight set, and
+    /// reads that began earlier will not take it.
+    fn finish(&self, seq: i64) {
+        let mut finished = self.finished.lock().unwrap();
+        finished.count += 1;
+        let n = finished.count;
+        finished.recent.push_back((seq, n));
+        if finished.recent.len() > FINISHED_KEPT {
+            finished.recent.pop_front();
+        }
+        drop(finished);
+        self.in_flight.lock().unwrap().remove(&seq);
+    }
+
+    /// Deliveries parked for a plugin: tried again, in order, while a plugin is
+    /// serving. Pages forward through the store, so it always ends.
     async fn resume_parked(self: &Arc<Self>) {
-        let plugin = match &self.client.plugin {
-            None => String::new(),
-            Some(file) => match self.registry.get(file) {
-                Lookup::Ready(p) => format!("{}@{}", p.file, p.hash),
-                _ => return,
-            },
-        };
-        // Parking writes are sent without waiting; make sure they are visible.
-        self.store.flush().await;
+        let mut after = 0i64;
+        let mut stop = self.stop.clone();
         loop {
-            let p = plugin.clone();
-            let jobs = self.load(move |s, id| s.load_parked(id, &p, BATCH)).await;
-            if jobs.is_empty() {
+            if *stop.borrow_and_update() {
                 return;
+            }
+            // Look again each page: the plugin may have changed or gone meanwhile.
+            let plugin = match &self.client.plugin {
+                None => String::new(),
+                Some(file) => match self.registry.get(file) {
+                    Lookup::Ready(p) => format!("{}@{}", p.file, p.hash),
+                    _ => return,
+                },
+            };
+            // Parking writes are sent without waiting; make sure they are visible.
+            self.store.flush().await;
+            let (jobs, read) = self
+                .load(move |s, id| s.load_parked(id, &plugin, after, BATCH))
+                .await;
+            if read == 0 {
+                return;
+            }
+            if let Some(last) = jobs.last() {
+                after = after.max(last.seq);
+            }
+            if jobs.is_empty() {
+                return; // everything read is in flight already
             }
             tracing::info!(client = %self.client.id, count = jobs.len(), "resuming parked deliveries");
-            let n = jobs.len();
             self.process(jobs).await;
-            if n < BATCH {
+            if read < BATCH {
                 return;
             }
-            self.store.flush().await;
         }
     }
 
@@ -447,12 +523,11 @@ impl Worker {
     /// Starts the retries due now; returns how many it found.
     async fn run_due_retries(self: &Arc<Self>) -> usize {
         let now = store::now_ms();
-        let jobs = self
+        let (jobs, read) = self
             .load(move |s, id| s.load_due_retries(id, now, BATCH))
             .await;
-        let n = jobs.len();
         self.process(jobs).await;
-        n
+        read
     }
 
     /// Renders the jobs that need it, then starts their attempts in order.
@@ -472,6 +547,8 @@ impl Worker {
             match verdict {
                 Outcome::Send(render) => sends.push((job, render, true)),
                 Outcome::Park(update) => {
+                    // Safe before the commit: fresh ones are behind the cursor,
+                    // and parked ones are read only after a flush.
                     self.in_flight.lock().unwrap().remove(&job.seq);
                     self.store.update_later(update);
                 }
@@ -486,16 +563,29 @@ impl Worker {
         let mut sends = sends.into_iter();
         while let Some((job, render, first_render)) = sends.next() {
             let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.expect("never closed"),
-                _ = stop.wait_for(|s| *s) => {
-                    // Stopping: these were not attempted and stay due in the store.
-                    let mut busy = self.in_flight.lock().unwrap();
-                    busy.remove(&job.seq);
-                    for (j, ..) in sends {
-                        busy.remove(&j.seq);
-                    }
-                    return;
+                p = self.permits.clone().acquire_owned() => Some(p.expect("never closed")),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            // Stopping, or the client was disabled meanwhile (a 410 in this very
+            // batch, say): these are not attempted. They stay due in the store;
+            // fresh ones are read again when the client is enabled.
+            let halted = permit.is_none() || self.health.lock().unwrap().disabled.is_some();
+            let Some(permit) = permit.filter(|_| !halted) else {
+                let rest: Vec<Job> = std::iter::once(job).chain(sends.map(|(j, ..)| j)).collect();
+                let mut busy = self.in_flight.lock().unwrap();
+                for j in &rest {
+                    busy.remove(&j.seq);
                 }
+                drop(busy);
+                if let Some(first) = rest
+                    .iter()
+                    .filter(|j| j.rendered.is_none() && j.attempts == 0)
+                    .map(|j| j.seq)
+                    .min()
+                {
+                    self.rewind(first);
+                }
+                return;
             };
             let me = self.clone();
             tokio::spawn(async move {
@@ -516,6 +606,16 @@ impl Worker {
         let failed = verdict != http::Verdict::Delivered;
         let mut update = match verdict {
             http::Verdict::Delivered => Update::new(job.seq, State::Delivered),
+            http::Verdict::Gone if self.health.lock().unwrap().disabled.is_some() => {
+                // Already disabled (by an earlier 410 of the same burst): keep it for
+                // when the client is enabled again.
+                let mut u = Update::new(job.seq, State::Retrying);
+                u.next_attempt_at = Some(store::now_ms());
+                u.reason = Some(
+                    "the receiver answered 410 Gone while the client was being disabled".into(),
+                );
+                u
+            }
             http::Verdict::Gone => {
                 let mut u = Update::new(job.seq, State::Failed);
                 u.reason = Some("the receiver answered 410 Gone; the client is disabled".into());
@@ -545,7 +645,6 @@ impl Worker {
         }
         self.note_health(!failed);
         update.attempt = Some(attempt);
-        update.attempt_n = attempts;
         if first_render {
             update.render_is_event_body = render.request.body == job.event.raw;
             update.render = Some(render);
@@ -554,10 +653,20 @@ impl Worker {
             .next_attempt_at
             .filter(|_| update.state == State::Retrying);
         if let Err(e) = self.store.update(update).await {
+            // Not recorded: the store still says the delivery is due, so send it
+            // again later (the receiver drops the duplicate by its webhook-id).
             tracing::error!(client = %self.client.id, delivery = %job.id, "cannot record an attempt: {e}");
+            self.in_flight.lock().unwrap().remove(&job.seq);
+            if job.rendered.is_none() && job.attempts == 0 {
+                self.rewind(job.seq);
+            } else {
+                self.note_retry_at(store::now_ms() + 5_000);
+            }
+            self.wake.notify_one();
+            return;
         }
         // Only now, with the outcome committed, may a store read see it again.
-        self.in_flight.lock().unwrap().remove(&job.seq);
+        self.finish(job.seq);
         if let Some(at) = retry_at {
             self.note_retry_at(at);
         }

@@ -324,6 +324,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        never_block(&mut linker)?;
         v0_1::add_to_linker(&mut linker)?;
         v0_2::add_to_linker(&mut linker)?;
 
@@ -565,6 +566,43 @@ impl Runtime {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The only way a deny-all WASI guest can block in the host is a clock sleep, and
+/// epoch interruption cannot stop a host call: a plugin calling `sleep(1 hour)`
+/// would hold its client, and the host's shutdown, for that hour. So a clock
+/// subscription is ready at once — sleeps return immediately — and the deadline
+/// keeps bounding what the plugin does with its time.
+fn never_block(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::{DynPollable, Pollable};
+
+    struct Ready;
+    #[wasmtime_wasi::async_trait]
+    impl Pollable for Ready {
+        async fn ready(&mut self) {}
+    }
+    fn ready(table: &mut ResourceTable) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let r = table.push(Ready)?;
+        Ok((wasmtime_wasi::p2::subscribe(table, r)?,))
+    }
+
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>, (_,): (u64,)| {
+            ready(&mut store.data_mut().table)
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: wasmtime::StoreContextMut<'_, HostState>, (_,): (u64,)| {
+            ready(&mut store.data_mut().table)
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn deadline_ticks(deadline: Duration) -> u64 {

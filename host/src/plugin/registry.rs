@@ -219,11 +219,17 @@ impl Registry {
             return;
         }
         let hash = content_hash(&bytes);
-        if let Some(slot) = self.slots.read().unwrap().get(&file)
-            && (slot.current.as_ref().is_some_and(|p| p.hash == hash)
-                || slot.rejected.as_ref() == Some(&hash))
         {
-            return;
+            // Bytes already known (serving, or rejected): nothing to compile, but
+            // this read is the newest, so a slower load of older bytes must not win.
+            let mut slots = self.slots.write().unwrap();
+            let slot = slots.entry(file.clone()).or_default();
+            if slot.current.as_ref().is_some_and(|p| p.hash == hash)
+                || slot.rejected.as_ref() == Some(&hash)
+            {
+                slot.read_seq = slot.read_seq.max(read_seq);
+                return;
+            }
         }
         let runtime = self.runtime.clone();
         let name = file.clone();
@@ -273,9 +279,8 @@ impl Registry {
 
     fn unload(&self, file: &str, read_seq: u64) {
         let mut slots = self.slots.write().unwrap();
-        let Some(slot) = slots.get_mut(file) else {
-            return;
-        };
+        // A slot even for a file never loaded: a slow load of it must not revive it.
+        let slot = slots.entry(file.to_string()).or_default();
         if slot.read_seq > read_seq {
             return;
         }

@@ -152,8 +152,6 @@ pub struct Update {
     pub next_attempt_at: Option<i64>,
     /// `file@hash` of the plugin involved, for held and plugin_error rows.
     pub plugin: Option<String>,
-    /// The number of `attempt`, counting from 1.
-    pub attempt_n: u32,
     /// `render`'s body is the event's own bytes (stored once, with the event).
     pub render_is_event_body: bool,
 }
@@ -168,7 +166,6 @@ impl Update {
             attempt: None,
             next_attempt_at: None,
             plugin: None,
-            attempt_n: 0,
             render_is_event_body: false,
         }
     }
@@ -320,12 +317,18 @@ impl Store {
 
     /// Blocking: a client's deliveries parked until a plugin changes: every `held`
     /// one, and the `plugin_error` ones made by another version than `plugin`.
-    pub fn load_parked(&self, client_id: &str, plugin: &str, limit: usize) -> Result<Vec<Job>> {
+    pub fn load_parked(
+        &self,
+        client_id: &str,
+        plugin: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
         self.load_jobs(
             "d.client_id = ?1 AND d.state IN ('pending', 'held', 'plugin_error') \
              AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
-             ORDER BY d.seq LIMIT ?3",
-            params![client_id, plugin, limit as i64],
+             AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
+            params![client_id, plugin, after, limit as i64],
         )
     }
 
@@ -463,33 +466,42 @@ enum Outcome {
     Nothing,
 }
 
-fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Outcome>, String> {
-    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Outcome>> {
-        let tx = conn.transaction()?;
+fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Result<Outcome, String>>, String> {
+    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Result<Outcome, String>>> {
+        let mut tx = conn.transaction()?;
         let mut out = Vec::with_capacity(batch.len());
         for op in batch.iter() {
-            out.push(match op {
+            // Each op in a savepoint of its own: one that fails (a constraint, say)
+            // is undone and reported alone, and the rest of the batch commits.
+            let sp = tx.savepoint()?;
+            let result = match op {
                 Op::Ingest {
                     event,
                     received_at,
                     deliveries,
                     ..
-                } => Outcome::Seqs(schema::insert_event(&tx, event, *received_at, deliveries)?),
-                Op::Update(u, _) => {
-                    schema::apply_update(&tx, u)?;
-                    Outcome::Nothing
-                }
+                } => schema::insert_event(&sp, event, *received_at, deliveries).map(Outcome::Seqs),
+                Op::Update(u, _) => schema::apply_update(&sp, u).map(|_| Outcome::Nothing),
                 Op::Client {
                     client_id,
                     disabled,
                     failing_since,
-                } => {
-                    schema::set_client(&tx, client_id, disabled.as_deref(), *failing_since)?;
-                    Outcome::Nothing
+                } => schema::set_client(&sp, client_id, disabled.as_deref(), *failing_since)
+                    .map(|_| Outcome::Nothing),
+                Op::Replay { seqs, .. } => schema::replay(&sp, seqs).map(Outcome::Count),
+                Op::Flush(_) => Ok(Outcome::Nothing),
+            };
+            match result {
+                Ok(o) => {
+                    sp.commit()?;
+                    out.push(Ok(o));
                 }
-                Op::Replay { seqs, .. } => Outcome::Count(schema::replay(&tx, seqs)?),
-                Op::Flush(_) => Outcome::Nothing,
-            });
+                Err(e) => {
+                    drop(sp); // rolls back to the savepoint
+                    tracing::error!(error = %e, "a store write failed and was undone");
+                    out.push(Err(format!("the store refused the write: {e}")));
+                }
+            }
         }
         tx.commit()?;
         Ok(out)
@@ -514,9 +526,9 @@ fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Outcome>, String
     }
 }
 
-fn finish(batch: Vec<Op>, result: Result<Vec<Outcome>, String>) {
+fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) {
     let mut outcomes = match result {
-        Ok(o) => o.into_iter().map(Ok).collect::<Vec<_>>(),
+        Ok(o) => o,
         Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
     }
     .into_iter();

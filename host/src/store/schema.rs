@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 
 use super::{NewDelivery, Update, now_ms};
 use crate::event::Event;
@@ -107,7 +107,7 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 pub fn insert_event(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     event: &Event,
     received_at: i64,
     deliveries: &[NewDelivery],
@@ -127,13 +127,13 @@ pub fn insert_event(
     Ok(seqs)
 }
 
-pub fn apply_update(tx: &Transaction<'_>, u: &Update) -> rusqlite::Result<()> {
+pub fn apply_update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
     if let Some(a) = &u.attempt {
         tx.prepare_cached(
             "INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, (SELECT IFNULL(MAX(n), 0) + 1 FROM attempts WHERE delivery_seq = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![u.seq, u.attempt_n, a.started_at, a.duration_ms, a.status, a.error_kind, a.error, a.response])?;
+        .execute(params![u.seq, a.started_at, a.duration_ms, a.status, a.error_kind, a.error, a.response])?;
     }
     let (rendered, content_type, headers, body, plugin) = match &u.render {
         // A body equal to the event's own is not stored twice (NULL means "the
@@ -172,7 +172,7 @@ pub fn apply_update(tx: &Transaction<'_>, u: &Update) -> rusqlite::Result<()> {
 }
 
 pub fn set_client(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     client_id: &str,
     disabled: Option<&str>,
     failing_since: Option<i64>,
@@ -187,14 +187,15 @@ pub fn set_client(
 
 /// Makes deliveries due again. Rendered ones are resent as stored, now; the
 /// others are parked as `held`, so the client's worker renders them afresh with
-/// the plugin it has.
-pub fn replay(tx: &Transaction<'_>, seqs: &[i64]) -> rusqlite::Result<usize> {
+/// the plugin it has. Pending ones are left alone: they are on their way.
+pub fn replay(tx: &Connection, seqs: &[i64]) -> rusqlite::Result<usize> {
     let now = now_ms();
     let mut n = 0;
     let mut stmt = tx.prepare_cached(
         "UPDATE deliveries SET state = CASE WHEN rendered = 1 THEN 'retrying' ELSE 'held' END, \
          plugin = CASE WHEN rendered = 1 THEN plugin ELSE NULL END, \
-         next_attempt_at = ?2, reason = 'replayed', updated_at = ?2 WHERE seq = ?1",
+         next_attempt_at = ?2, reason = 'replayed', updated_at = ?2 \
+         WHERE seq = ?1 AND state != 'pending'",
     )?;
     for seq in seqs {
         n += stmt.execute(params![seq, now])?;

@@ -14,6 +14,7 @@
 //! - `env`: tries to read the host's environment;
 //! - `count`: delivers `{"calls": n}`, n counting calls into this instance;
 //! - `socket`: tries to open a TCP connection;
+//! - `sleep`: sleeps for an hour, then skips ("woke up");
 //! - `describe`: delivers what the typed view says: payload kind, record id,
 //!   user login, delivery id, received-at;
 //! - anything else, or no `do`: delivers `{"ok": true, "event": <name>}`.
@@ -100,6 +101,10 @@ impl Plugin for Misbehave {
                 } else {
                     Err(Error::Failed(format!("environment reachable: {} variables", vars.len())))
                 }
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Ok(hookwasm_plugin::skip("woke up"))
             }
             "socket" => match std::net::TcpStream::connect("127.0.0.1:80") {
                 Err(e) => Ok(hookwasm_plugin::skip(format!("no network, as it should be: {e}"))),
