@@ -466,34 +466,49 @@ enum Outcome {
     Nothing,
 }
 
+/// Runs one op on `conn`: a transaction, or a savepoint within one.
+fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+    match op {
+        Op::Ingest {
+            event,
+            received_at,
+            deliveries,
+            ..
+        } => schema::insert_event(conn, event, *received_at, deliveries).map(Outcome::Seqs),
+        Op::Update(u, _) => schema::apply_update(conn, u).map(|_| Outcome::Nothing),
+        Op::Client {
+            client_id,
+            disabled,
+            failing_since,
+        } => schema::set_client(conn, client_id, disabled.as_deref(), *failing_since)
+            .map(|_| Outcome::Nothing),
+        Op::Replay { seqs, .. } => schema::replay(conn, seqs).map(Outcome::Count),
+        Op::Flush(_) => Ok(Outcome::Nothing),
+    }
+}
+
+/// An op failed while the batch ran without savepoints: run it again with them.
+#[derive(Debug)]
+struct OpFailed;
+
 fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Result<Outcome, String>>, String> {
-    let run = |conn: &mut Connection| -> rusqlite::Result<Vec<Result<Outcome, String>>> {
-        let mut tx = conn.transaction()?;
+    // The quick way: the whole batch in one transaction. Should an op fail (a
+    // constraint, say), the batch is rolled back and run again with a savepoint
+    // per op, so that op fails alone and the rest commits.
+    let run = |conn: &mut Connection,
+               isolate: bool|
+     -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, OpFailed>> {
+        let mut tx = conn.transaction().map_err(Ok)?;
         let mut out = Vec::with_capacity(batch.len());
         for op in batch.iter() {
-            // Each op in a savepoint of its own: one that fails (a constraint, say)
-            // is undone and reported alone, and the rest of the batch commits.
-            let sp = tx.savepoint()?;
-            let result = match op {
-                Op::Ingest {
-                    event,
-                    received_at,
-                    deliveries,
-                    ..
-                } => schema::insert_event(&sp, event, *received_at, deliveries).map(Outcome::Seqs),
-                Op::Update(u, _) => schema::apply_update(&sp, u).map(|_| Outcome::Nothing),
-                Op::Client {
-                    client_id,
-                    disabled,
-                    failing_since,
-                } => schema::set_client(&sp, client_id, disabled.as_deref(), *failing_since)
-                    .map(|_| Outcome::Nothing),
-                Op::Replay { seqs, .. } => schema::replay(&sp, seqs).map(Outcome::Count),
-                Op::Flush(_) => Ok(Outcome::Nothing),
-            };
-            match result {
+            if !isolate {
+                out.push(Ok(apply_op(&tx, op).map_err(|_| Err(OpFailed))?));
+                continue;
+            }
+            let sp = tx.savepoint().map_err(Ok)?;
+            match apply_op(&sp, op) {
                 Ok(o) => {
-                    sp.commit()?;
+                    sp.commit().map_err(Ok)?;
                     out.push(Ok(o));
                 }
                 Err(e) => {
@@ -503,22 +518,23 @@ fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Result<Outcome, 
                 }
             }
         }
-        tx.commit()?;
+        tx.commit().map_err(Ok)?;
         Ok(out)
     };
     // A busy database (a long read elsewhere) is worth a few more tries; a full
     // disk or a broken file is not.
-    let mut tries = 0;
+    let (mut tries, mut isolate) = (0, false);
     loop {
-        match run(conn) {
+        match run(conn, isolate) {
             Ok(out) => return Ok(out),
-            Err(rusqlite::Error::SqliteFailure(e, _))
+            Err(Err(OpFailed)) => isolate = true,
+            Err(Ok(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 50 =>
             {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => {
+            Err(Ok(e)) => {
                 tracing::error!(error = %e, "the store could not commit a batch of {} writes", batch.len());
                 return Err(format!("the store could not commit: {e}"));
             }
