@@ -11,26 +11,8 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn client(id: &str, url: &str, extra: &str) -> String {
-    format!("[[clients]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}\n")
-}
-
-const LOOPBACK: &str = "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n";
-
 async fn wait_state(host: &Host, client: &str, n: usize, state: &str) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let rows = host.deliveries(client);
-        if rows.iter().filter(|r| r["state"] == state).count() >= n {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{client}: fewer than {n} {state}: {rows:#?}\n{}",
-            host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rows(host, client, n, |r| r["state"] == state).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,16 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-const LOOPBACK: &str = "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n";
-
-fn client(id: &str, url: &str, extra: &str) -> String {
-    format!("[[clients]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}\n")
-}
 
 /// A client whose plugin misbehaves as `what` says. Only the looping one runs
 /// under the default 500 ms deadline; the others get 10 s, so that on a busy
@@ -30,27 +25,6 @@ fn misbehaving(id: &str, recv: &Receiver, what: &str) -> String {
         &recv.url(&format!("/{id}")),
         &format!("plugin = \"misbehave.wasm\"\n{deadline}[clients.config]\ndo = \"{what}\""),
     )
-}
-
-async fn wait_rows(
-    host: &Host,
-    client: &str,
-    n: usize,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let rows = host.deliveries(client);
-        if rows.iter().filter(|r| done(r)).count() >= n {
-            return rows;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{client}: {rows:#?}\n{}",
-            host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Every kind of misbehaviour, side by side with a well-behaved client: each ends

@@ -569,3 +569,33 @@ pub fn variant(src: &Path, tag: &str) -> PathBuf {
     std::fs::write(&out, bytes).unwrap();
     out
 }
+
+/// `[delivery]` that lets the host deliver to the test receivers on loopback.
+pub const LOOPBACK: &str = "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n";
+
+/// A `[[clients]]` entry.
+pub fn client(id: &str, url: &str, extra: &str) -> String {
+    format!("[[clients]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// Waits until `n` of a client's deliveries in the store satisfy `done`.
+pub async fn wait_rows(
+    host: &Host,
+    client: &str,
+    n: usize,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = host.deliveries(client);
+        if rows.iter().filter(|r| done(r)).count() >= n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{client}: {rows:#?}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
