@@ -39,30 +39,13 @@ fn rust_plugin(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// The same component with a custom section appended: a new content hash, so a
-/// new plugin version as far as the host and its cache are concerned.
+#[path = "../tests/common/custom_section.rs"]
+mod custom_section;
+
+/// The same component under a new content hash: a new plugin version as far as
+/// the host and its cache are concerned.
 fn variant(wasm: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"hookwasm-bench";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut out = wasm.to_vec();
-    out.push(0);
-    leb(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
-    out
+    custom_section::with_custom_section(wasm, tag)
 }
 
 /// Arrival times of deliveries, by path, and bodies.

@@ -151,6 +151,45 @@ async fn gone_disables_the_client_and_keeps_its_new_events_until_enabled() {
     assert_eq!(order, vec![2, 3, 4]);
 }
 
+/// Several requests in flight all answered 410: only the one that disabled the
+/// client fails; the others are kept and go out once it is enabled again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_gone_answers_fails_one_delivery_and_keeps_the_rest() {
+    let recv = Receiver::start().await;
+    recv.set_statuses("/gone", &[410]);
+    recv.set_delay("/gone", Duration::from_millis(300));
+    let host = Host::start(
+        &format!(
+            "{LOOPBACK}{}",
+            client("gone", &recv.url("/gone"), "max_in_flight = 4")
+        ),
+        &[],
+    )
+    .await;
+    for n in 0..8 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    wait_state(&host, "gone", 1, "failed").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rows = host.deliveries("gone");
+    assert_eq!(
+        rows.iter().filter(|r| r["state"] == "failed").count(),
+        1,
+        "{rows:#?}"
+    );
+    assert!(
+        recv.got("/gone").len() >= 2,
+        "several were in flight together"
+    );
+
+    recv.set_statuses("/gone", &[200]);
+    recv.set_delay("/gone", Duration::ZERO);
+    let (code, _, err) = host.cli(&["clients", "enable", "gone"]);
+    assert_eq!(code, 0, "{err}");
+    // Every kept delivery goes out: the 7 that were not the failed one.
+    wait_state(&host, "gone", 7, "delivered").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_failing_past_its_window_is_disabled() {
     let recv = Receiver::start().await;

@@ -501,13 +501,18 @@ fn scaffolded_plugins_build_and_pass_their_own_tests() {
         );
         sh(&build, &project);
         let events = project.join("events");
-        let (code, out, err) = run(&[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ]);
+        let suite = |extra: &[&str]| {
+            let mut args = vec![
+                "plugin",
+                "test",
+                wasm.to_str().unwrap(),
+                "--events",
+                events.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            run(&args)
+        };
+        let (code, out, err) = suite(&[]);
         assert_eq!(code, 0, "{lang}: {out}{err}");
         assert!(
             out.trim_end().ends_with("2 passed, 0 failed"),
@@ -519,35 +524,14 @@ fn scaffolded_plugins_build_and_pass_their_own_tests() {
             "{\"verdict\":\"skip\",\"reason\":\"other\"}\n",
         )
         .unwrap();
-        let (code, out, _) = run(&[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ]);
+        let (code, out, _) = suite(&[]);
         assert_eq!(code, 1, "{out}");
         assert!(
             out.contains("FAILED   record.created") && out.contains("1 passed, 1 failed"),
             "{out}"
         );
-        let (code, _, _) = run(&[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-            "--update",
-        ]);
-        assert_eq!(code, 0);
-        let (code, _, _) = run(&[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ]);
-        assert_eq!(code, 0, "--update records the verdicts");
+        assert_eq!(suite(&["--update"]).0, 0);
+        assert_eq!(suite(&[]).0, 0, "--update records the verdicts");
     }
     let (code, _, err) = run(&[
         "plugin",

@@ -2,6 +2,8 @@
 //! 127.0.0.1, and the real `hookwasm` binary run against a config in a temp dir.
 #![allow(dead_code)]
 
+mod custom_section;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -539,29 +541,9 @@ pub fn hash_of(path: &Path) -> String {
     hookwasm::plugin::content_hash(&std::fs::read(path).unwrap())
 }
 
-/// A copy of a plugin with a custom section appended: the same code under a new
-/// content hash, that is a new plugin version for the host.
+/// A copy of a plugin under a new content hash: a new plugin version for the host.
 pub fn variant(src: &Path, tag: &str) -> PathBuf {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"hookwasm-test";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
-    let mut bytes = std::fs::read(src).unwrap();
-    bytes.push(0);
-    leb(payload.len(), &mut bytes);
-    bytes.extend_from_slice(&payload);
+    let bytes = custom_section::with_custom_section(&std::fs::read(src).unwrap(), tag);
     let out = std::env::temp_dir().join(format!(
         "hookwasm-variant-{}-{tag}.wasm",
         std::process::id()

@@ -35,8 +35,6 @@ use crate::plugin::registry::{Lookup, Registry};
 use crate::plugin::{CallContext, PluginError, Rendered, Verdict};
 use crate::store::{self, Job, NewDelivery, State, Store, StoredRender, Update};
 
-pub use http::USER_AGENT;
-
 /// Jobs a worker keeps in memory; beyond, the store holds them.
 const INBOX: usize = 8192;
 /// Jobs rendered per trip to the blocking pool.
@@ -606,20 +604,18 @@ impl Worker {
         let failed = verdict != http::Verdict::Delivered;
         let mut update = match verdict {
             http::Verdict::Delivered => Update::new(job.seq, State::Delivered),
-            http::Verdict::Gone if self.health.lock().unwrap().disabled.is_some() => {
-                // Already disabled (by an earlier 410 of the same burst): keep it for
-                // when the client is enabled again.
-                let mut u = Update::new(job.seq, State::Retrying);
-                u.next_attempt_at = Some(store::now_ms());
-                u.reason = Some(
-                    "the receiver answered 410 Gone while the client was being disabled".into(),
-                );
+            // The 410 that disables the client fails its delivery; the others of
+            // the same burst are kept for when the client is enabled again.
+            http::Verdict::Gone if self.disable("the receiver answered 410 Gone") => {
+                let mut u = Update::new(job.seq, State::Failed);
+                u.reason = Some("the receiver answered 410 Gone; the client is disabled".into());
                 u
             }
             http::Verdict::Gone => {
-                let mut u = Update::new(job.seq, State::Failed);
-                u.reason = Some("the receiver answered 410 Gone; the client is disabled".into());
-                self.disable("the receiver answered 410 Gone");
+                let mut u = Update::new(job.seq, State::Retrying);
+                u.next_attempt_at = Some(store::now_ms());
+                u.reason =
+                    Some("the receiver answered 410 Gone while the client was disabled".into());
                 u
             }
             http::Verdict::Retry { .. } if attempts as usize > schedule.len() => {
@@ -701,16 +697,18 @@ impl Worker {
         }
     }
 
-    fn disable(&self, why: &str) {
+    /// Disables the client; true if this call did (it was enabled until now).
+    fn disable(&self, why: &str) -> bool {
         let mut h = self.health.lock().unwrap();
         if h.disabled.is_some() {
-            return;
+            return false;
         }
         tracing::error!(client = %self.client.id, "client disabled: {why}; its new events are kept. \
             Enable it again with `hookwasm clients enable {}`", self.client.id);
         h.disabled = Some(why.to_string());
         self.store
             .set_client(&self.client.id, h.disabled.clone(), h.failing_since);
+        true
     }
 
     /// What each job becomes: something to send, or a parking update.

@@ -562,10 +562,6 @@ impl Runtime {
         };
         check_output(verdict, limits)
     }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
 }
 
 /// The only way a deny-all WASI guest can block in the host is a clock sleep, and

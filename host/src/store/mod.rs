@@ -438,11 +438,6 @@ impl Store {
         }
         Ok(jobs)
     }
-
-    /// The connection used for reads, for the inspection commands.
-    pub fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap()
-    }
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
