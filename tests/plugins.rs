@@ -42,13 +42,23 @@ async fn hostile_plugins_hurt_only_their_own_deliveries() {
         ("bad-utf8", "trap"),
         ("bad-header", "bad-output"),
         ("many-headers", "bad-output"),
+        ("look-alike", "bad-output"),
+        ("long-header", "bad-output"),
+        ("long-error", "failed"),
         ("error", "failed"),
     ];
     let mut config = String::from(LOOPBACK);
     for (what, _) in kinds {
         config.push_str(&misbehaving(what, &recv, what));
     }
-    for what in ["open-file", "env", "socket", "log-flood", "sleep"] {
+    for what in [
+        "open-file",
+        "env",
+        "socket",
+        "log-flood",
+        "sleep",
+        "long-reason",
+    ] {
         config.push_str(&misbehaving(what, &recv, what));
     }
     config.push_str(&client(
@@ -107,6 +117,28 @@ async fn hostile_plugins_hurt_only_their_own_deliveries() {
             "{what}: nothing is sent, not even raw"
         );
     }
+    // A plugin's text is bounded like its body: a 1 MiB message or reason is
+    // stored (and logged) cut to `max_reason`.
+    let long = &host.deliveries("long-error")[0];
+    assert!(
+        long["reason"].as_str().unwrap().len() < 1200,
+        "{}",
+        long["reason"].as_str().unwrap().len()
+    );
+    let rows = wait_rows(&host, "long-reason", 4, |r| r["state"] == "skipped").await;
+    assert!(rows[0]["reason"].as_str().unwrap().len() <= 1024);
+    assert!(
+        !host.log().lines().any(|l| l.len() > 8192),
+        "a log line over 8 KiB"
+    );
+    let look = &host.deliveries("look-alike")[0];
+    assert!(
+        look["reason"]
+            .as_str()
+            .unwrap()
+            .contains("webhook_signature"),
+        "{look}"
+    );
     let panic = &host.deliveries("panic")[0];
     assert!(
         panic["reason"].as_str().unwrap().contains("asked to panic"),
@@ -247,8 +279,7 @@ async fn the_compiled_code_cache_survives_restarts_and_corruption() {
     assert!(host.sigterm().success());
     host.restart().await;
     assert!(
-        host.log()
-            .contains("plugin cache entry is corrupt, rebuilding"),
+        host.log().contains("plugin cache entry is not authentic"),
         "{}",
         host.log()
     );
@@ -263,7 +294,7 @@ async fn the_compiled_code_cache_survives_restarts_and_corruption() {
     host.restart().await;
     assert_eq!(
         host.log()
-            .matches("plugin cache entry is corrupt, rebuilding")
+            .matches("plugin cache entry is not authentic")
             .count(),
         2
     );
@@ -604,4 +635,262 @@ async fn a_large_parked_backlog_is_paged_through_and_delivered_in_order() {
     assert_eq!(order, (0..151).collect::<Vec<u64>>());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recv.got("/c").len(), 151, "nothing sent twice");
+}
+
+// ---- Hardening: the cache, the clock, reloads, status --------------------------
+
+/// The compiled-code cache is native code the host runs: a folder others can
+/// write to is refused, and an entry the host did not write is compiled again,
+/// never loaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compiled_code_cache_trusts_nothing_it_did_not_write() {
+    use std::os::unix::fs::PermissionsExt;
+    // A shared folder is refused, with one line, and left as it was.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[plugins]\ndir = \"p\"\ncache_dir = {:?}\n[store]\npath = \"s.db\"\n",
+            shared.path().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("writable by other users") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let mode = std::fs::metadata(shared.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o777, "not chmod'ed behind the operator's back");
+
+    // Plant, under the name chat-message's entry will have, the compiled code of
+    // another plugin with a valid layout: the host must not run it.
+    let recv = Receiver::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let other_cache = tempfile::tempdir().unwrap();
+    let (code, _, err) = run_with_cache(
+        other_cache.path(),
+        &["plugin", "check", plugin("passthrough").to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let planted_from = std::fs::read_dir(other_cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .unwrap();
+    let engine_key = planted_from
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .to_string();
+    use sha2::Digest;
+    let chat = std::fs::read(plugin("chat-message")).unwrap();
+    let target = cache.path().join(format!(
+        "{}-{engine_key}.cwasm",
+        hex::encode(sha2::Sha256::digest(&chat))
+    ));
+    std::fs::copy(&planted_from, &target).unwrap();
+
+    let extra = format!("cache_dir = {:?}\n", cache.path().to_str().unwrap());
+    let host = Host::start_with(
+        &format!(
+            "{LOOPBACK}{}",
+            client(
+                "c",
+                &recv.url("/c"),
+                "plugin = \"chat-message.wasm\"\n[clients.config]\nchannel = \"#c\""
+            )
+        ),
+        &[("chat-message.wasm", plugin("chat-message"))],
+        &extra,
+    )
+    .await;
+    assert!(
+        host.log().contains("plugin cache entry is not authentic"),
+        "{}",
+        host.log()
+    );
+    assert_eq!(host.post(fixture("new_feed_entry.json")).await.0, 202);
+    let got = recv.wait_for("/c", 1, WAIT).await;
+    assert_eq!(
+        got[0].json()["channel"],
+        "#c",
+        "chat-message rendered it, not the planted code"
+    );
+    let key = host.dir.path().join("data/plugin-cache.key");
+    assert_eq!(
+        std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// `run`, with the command line's compiled-code cache in `cache`.
+fn run_with_cache(cache: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .env("HOOKWASM_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A plugin's wall clock reads the event's `received-at` for the whole call, so
+/// a rendering is the same in a replay or a dry-run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_wall_clock_is_the_events_received_at() {
+    let recv = Receiver::start().await;
+    let host = host_with_client(&recv, "clock", "plugin = \"misbehave.wasm\"\n[clients.config]\ndo = \"clock\"", &[("misbehave.wasm", plugin("misbehave"))]).await;
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(host.post(numbered(2)).await.0, 202);
+    let got = recv.wait_for("/clock", 2, WAIT).await;
+    for g in &got {
+        let v = g.json();
+        assert_eq!(v["wall_ms"], v["received_at"], "{v}");
+        assert_eq!(
+            v["again_ms"], v["received_at"],
+            "time stands still in a call: {v}"
+        );
+    }
+    assert_ne!(
+        got[0].json()["wall_ms"],
+        got[1].json()["wall_ms"],
+        "each event its own time"
+    );
+}
+
+/// A plugin whose initial memory is over the client's cap fails as `memory`, not
+/// as a trap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_minimum_over_the_cap_is_a_memory_error() {
+    let recv = Receiver::start().await;
+    let host = host_with_client(&recv, "small", "plugin = \"chat-message.wasm\"\n[clients.limits]\nmemory = \"1MiB\"", &[("chat-message.wasm", plugin("chat-message"))]).await;
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    let rows = wait_rows(&host, "small", 1, |r| r["state"] == "plugin_error").await;
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("memory:"), "{reason}");
+}
+
+/// A file rewritten without pause next to a replaced plugin does not keep the
+/// replacement from being loaded: each file has its own debounce.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_file_does_not_starve_another_files_reload() {
+    let recv = Receiver::start().await;
+    let host = host_with_client(
+        &recv,
+        "c",
+        "plugin = \"chat-message.wasm\"",
+        &[("chat-message.wasm", plugin("chat-message"))],
+    )
+    .await;
+    let busy = host.plugins().join("busy.wasm");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                std::fs::write(&busy, format!("not wasm {n}")).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = variant(&plugin("chat-message"), "busy-neighbour");
+    host.install_plugin("chat-message.wasm", &v2);
+    host.wait_serving("chat-message.wasm", &hash_of(&v2)).await;
+    assert!(
+        !writer.is_finished(),
+        "served only after the busy writer stopped"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
+/// The status tells the truth about the file on disk: a rejection is forgotten
+/// once the good bytes are back, and a 0-byte file renamed over a serving plugin
+/// is said (status and a warning) while the previous version keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_follows_the_file_on_disk() {
+    let recv = Receiver::start().await;
+    let host = host_with_client(
+        &recv,
+        "c",
+        "plugin = \"chat-message.wasm\"",
+        &[("chat-message.wasm", plugin("chat-message"))],
+    )
+    .await;
+    let good = plugin("chat-message");
+    let error = |st: &serde_json::Value| -> Option<String> {
+        st["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["file"] == "chat-message.wasm")?["error"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let wait_error = |want: Option<&'static str>| {
+        let host = &host;
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let st = host.status().await;
+                let e = error(&st);
+                let ok = match want {
+                    None => e.is_none(),
+                    Some(needle) => e.as_deref().is_some_and(|e| e.contains(needle)),
+                };
+                if ok {
+                    return st;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "status error {e:?}, wanted {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let broken = std::env::temp_dir().join(format!("hookwasm-broken-{}.wasm", std::process::id()));
+    std::fs::write(&broken, b"\0asm broken").unwrap();
+    host.install_plugin("chat-message.wasm", &broken);
+    wait_error(Some("rejected")).await;
+    host.install_plugin("chat-message.wasm", &good);
+    wait_error(None).await;
+
+    let empty = std::env::temp_dir().join(format!("hookwasm-empty-{}.wasm", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    host.install_plugin("chat-message.wasm", &empty);
+    let st = wait_error(Some("empty")).await;
+    assert!(error(&st).unwrap().contains("keeps serving"), "{st}");
+    assert!(
+        host.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("empty")),
+        "{}",
+        host.log()
+    );
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    recv.wait_for("/c", 1, WAIT).await;
 }

@@ -87,8 +87,7 @@ fn cli_runtime_options() -> RuntimeOptions {
     };
     let cache_dir = env("HOOKWASM_CACHE_DIR")
         .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hookwasm/plugins")))
-        .or_else(|| env("HOME").map(|d| d.join(".cache/hookwasm/plugins")))
-        .filter(|d| std::fs::create_dir_all(d).is_ok());
+        .or_else(|| env("HOME").map(|d| d.join(".cache/hookwasm/plugins")));
     RuntimeOptions {
         cache_dir,
         ..RuntimeOptions::default()

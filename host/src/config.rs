@@ -34,6 +34,14 @@ pub struct Server {
     pub ingest_token: Option<String>,
     /// The largest event body accepted, in bytes.
     pub max_body: usize,
+    /// Time a client has to send a request's line and headers, from its first byte.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body, once its headers are in.
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -42,10 +50,14 @@ pub struct Plugins {
     pub limits: PluginLimits,
     /// Compiled components, keyed by content; next to the store by default.
     pub cache_dir: PathBuf,
+    /// The key that authenticates compiled components; beside the store by default.
+    pub cache_key: PathBuf,
     /// Idle instances kept per plugin version and client.
     pub warm_instances: usize,
     /// Calls after which an instance is replaced by a fresh one.
     pub recycle_after: u32,
+    /// The largest plugin file read, in bytes; a larger one is refused unread.
+    pub max_file_size: u64,
 }
 
 /// What one plugin call may use. A call that goes over is stopped and recorded as
@@ -62,6 +74,10 @@ pub struct PluginLimits {
     pub max_headers: usize,
     /// Log lines kept per call (host `log` and captured stdout/stderr together).
     pub max_log_lines: usize,
+    /// Bytes kept of a skip reason or an error message; the rest is cut.
+    pub max_reason: usize,
+    /// Bytes of headers a plugin may add (names, values and content type together).
+    pub max_header_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -72,6 +88,8 @@ impl Default for PluginLimits {
             max_output: 4 << 20,
             max_headers: 32,
             max_log_lines: 32,
+            max_reason: 1 << 10,
+            max_header_bytes: 8 << 10,
         }
     }
 }
@@ -194,6 +212,10 @@ struct RawServer {
     listen: String,
     ingest_token: Option<String>,
     max_body: Option<ByteSize>,
+    header_timeout: Option<HumanDuration>,
+    body_timeout: Option<HumanDuration>,
+    idle_timeout: Option<HumanDuration>,
+    max_connections: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -201,8 +223,10 @@ struct RawServer {
 struct RawPlugins {
     dir: PathBuf,
     cache_dir: Option<PathBuf>,
-    warm_instances: Option<usize>,
-    recycle_after: Option<u32>,
+    cache_key: Option<PathBuf>,
+    warm_instances: Option<u64>,
+    recycle_after: Option<u64>,
+    max_file_size: Option<ByteSize>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -221,7 +245,7 @@ struct RawDelivery {
     connect_timeout: Option<HumanDuration>,
     allow_private_networks: Option<bool>,
     allowed_networks: Option<Vec<String>>,
-    max_in_flight: Option<usize>,
+    max_in_flight: Option<u64>,
     disable_after: Option<HumanDuration>,
 }
 
@@ -231,8 +255,10 @@ struct RawLimits {
     deadline: Option<HumanDuration>,
     memory: Option<ByteSize>,
     max_output: Option<ByteSize>,
-    max_headers: Option<usize>,
-    max_log_lines: Option<usize>,
+    max_headers: Option<u64>,
+    max_log_lines: Option<u64>,
+    max_reason: Option<ByteSize>,
+    max_header_bytes: Option<ByteSize>,
 }
 
 /// A client's own keys. Delivery keys (`timeout`, …) and `[clients.limits]` are
@@ -286,11 +312,13 @@ impl<'de> Deserialize<'de> for ByteSize {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            N(usize),
+            N(i64),
             S(String),
         }
         match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::N(n) => usize::try_from(n)
+                .map(ByteSize)
+                .map_err(|_| serde::de::Error::custom(format!("{n} is not a size in bytes"))),
             Raw::S(s) => parse_size(&s)
                 .map(ByteSize)
                 .map_err(serde::de::Error::custom),
@@ -357,10 +385,39 @@ impl Config {
         {
             bail!("server.ingest_token is empty: remove the key or give it a value");
         }
+        let rs = &raw.server;
         let server = Server {
             listen,
+            max_body: size_in("server.max_body", rs.max_body, 1 << 20, 1 << 10, 1 << 30)?,
+            header_timeout: duration_in(
+                "server.header_timeout",
+                rs.header_timeout,
+                SECS(10),
+                SECS(1),
+                SECS(600),
+            )?,
+            body_timeout: duration_in(
+                "server.body_timeout",
+                rs.body_timeout,
+                SECS(30),
+                SECS(1),
+                SECS(3600),
+            )?,
+            idle_timeout: duration_in(
+                "server.idle_timeout",
+                rs.idle_timeout,
+                SECS(60),
+                SECS(1),
+                SECS(86400),
+            )?,
+            max_connections: count_in(
+                "server.max_connections",
+                rs.max_connections,
+                4096,
+                1,
+                1_000_000,
+            )? as usize,
             ingest_token: raw.server.ingest_token,
-            max_body: raw.server.max_body.map_or(1 << 20, |b| b.0),
         };
 
         let limits = apply_limits(
@@ -375,16 +432,35 @@ impl Config {
             Some(d) => base_dir.join(d),
             None => store.path.parent().unwrap_or(base_dir).join("plugin-cache"),
         };
-        let recycle_after = raw.plugins.recycle_after.unwrap_or(10_000);
-        if recycle_after == 0 {
-            bail!("plugins.recycle_after must be at least 1");
-        }
+        let rp = &raw.plugins;
         let plugins = Plugins {
-            dir: base_dir.join(&raw.plugins.dir),
+            dir: base_dir.join(&rp.dir),
             limits,
+            cache_key: match &rp.cache_key {
+                Some(k) => base_dir.join(k),
+                None => store
+                    .path
+                    .parent()
+                    .unwrap_or(base_dir)
+                    .join("plugin-cache.key"),
+            },
             cache_dir,
-            warm_instances: raw.plugins.warm_instances.unwrap_or(2),
-            recycle_after,
+            warm_instances: count_in("plugins.warm_instances", rp.warm_instances, 2, 0, 64)?
+                as usize,
+            recycle_after: count_in(
+                "plugins.recycle_after",
+                rp.recycle_after,
+                10_000,
+                1,
+                1_000_000_000,
+            )? as u32,
+            max_file_size: size_in(
+                "plugins.max_file_size",
+                rp.max_file_size,
+                64 << 20,
+                1 << 10,
+                1 << 30,
+            )? as u64,
         };
         let delivery = apply_delivery(&Delivery::default(), &raw.delivery, "delivery")?;
 
@@ -534,15 +610,32 @@ fn parse_client(
 
 fn apply_delivery(base: &Delivery, raw: &RawDelivery, ctx: &str) -> Result<Delivery> {
     let mut d = base.clone();
+    let key = |k: &str| format!("{ctx}: {k}");
     if let Some(s) = &raw.retry_schedule {
-        d.retry_schedule = s.iter().map(|h| h.0).collect();
+        if s.len() > 100 {
+            bail!("{ctx}: retry_schedule has {} waits; at most 100", s.len());
+        }
+        d.retry_schedule = s
+            .iter()
+            .map(|h| {
+                duration_in(
+                    &key("retry_schedule"),
+                    Some(*h),
+                    Duration::ZERO,
+                    Duration::ZERO,
+                    DAYS(30),
+                )
+            })
+            .collect::<Result<_>>()?;
     }
-    if let Some(t) = raw.timeout {
-        d.timeout = t.0;
-    }
-    if let Some(t) = raw.connect_timeout {
-        d.connect_timeout = t.0;
-    }
+    d.timeout = duration_in(&key("timeout"), raw.timeout, d.timeout, MS(1), SECS(3600))?;
+    d.connect_timeout = duration_in(
+        &key("connect_timeout"),
+        raw.connect_timeout,
+        d.connect_timeout,
+        MS(1),
+        SECS(600),
+    )?;
     if let Some(b) = raw.allow_private_networks {
         d.allow_private_networks = b;
     }
@@ -560,45 +653,146 @@ fn apply_delivery(base: &Delivery, raw: &RawDelivery, ctx: &str) -> Result<Deliv
             })
             .collect::<Result<_>>()?;
     }
-    if let Some(n) = raw.max_in_flight {
-        d.max_in_flight = n;
-    }
-    if let Some(t) = raw.disable_after {
-        d.disable_after = t.0;
-    }
-    if d.timeout.is_zero() || d.connect_timeout.is_zero() {
-        bail!("{ctx}: timeout and connect_timeout must be more than zero");
-    }
-    if d.max_in_flight == 0 {
-        bail!("{ctx}: max_in_flight must be at least 1");
-    }
+    d.max_in_flight = count_in(
+        &key("max_in_flight"),
+        raw.max_in_flight,
+        d.max_in_flight as u64,
+        1,
+        10_000,
+    )? as usize;
+    d.disable_after = duration_in(
+        &key("disable_after"),
+        raw.disable_after,
+        d.disable_after,
+        SECS(1),
+        DAYS(365),
+    )?;
     Ok(d)
 }
 
 fn apply_limits(base: &PluginLimits, raw: &RawLimits, ctx: &str) -> Result<PluginLimits> {
-    let mut l = base.clone();
-    if let Some(d) = raw.deadline {
-        l.deadline = d.0;
+    let key = |k: &str| format!("{ctx}.{k}");
+    Ok(PluginLimits {
+        // The host checks deadlines every 10ms; a shorter one cannot be kept.
+        deadline: duration_in(
+            &key("deadline"),
+            raw.deadline,
+            base.deadline,
+            MS(10),
+            SECS(60),
+        )?,
+        memory: size_in(&key("memory"), raw.memory, base.memory, 1 << 20, 4 << 30)?,
+        max_output: size_in(
+            &key("max_output"),
+            raw.max_output,
+            base.max_output,
+            1,
+            256 << 20,
+        )?,
+        max_headers: count_in(
+            &key("max_headers"),
+            raw.max_headers,
+            base.max_headers as u64,
+            0,
+            1000,
+        )? as usize,
+        max_log_lines: count_in(
+            &key("max_log_lines"),
+            raw.max_log_lines,
+            base.max_log_lines as u64,
+            0,
+            100_000,
+        )? as usize,
+        max_reason: size_in(
+            &key("max_reason"),
+            raw.max_reason,
+            base.max_reason,
+            64,
+            64 << 10,
+        )?,
+        max_header_bytes: size_in(
+            &key("max_header_bytes"),
+            raw.max_header_bytes,
+            base.max_header_bytes,
+            256,
+            1 << 20,
+        )?,
+    })
+}
+
+// ---- Ranges ------------------------------------------------------------------------
+//
+// Every number has a range: a value far outside any sensible one (a semaphore of
+// 2^63 permits, a retry in 500 billion years) would otherwise panic or wrap deep
+// inside the host instead of being named here.
+
+#[allow(non_snake_case)]
+const fn MS(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+#[allow(non_snake_case)]
+const fn SECS(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+#[allow(non_snake_case)]
+const fn DAYS(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+/// `given` (or `default` when absent), checked to lie in `lo..=hi`.
+fn duration_in(
+    key: &str,
+    given: Option<HumanDuration>,
+    default: Duration,
+    lo: Duration,
+    hi: Duration,
+) -> Result<Duration> {
+    let v = given.map_or(default, |h| h.0);
+    if v < lo || v > hi {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        bail!(
+            "{key} = {:?} is out of range: between {} and {}",
+            show(v),
+            show(lo),
+            show(hi)
+        );
     }
-    if let Some(m) = raw.memory {
-        l.memory = m.0;
+    Ok(v)
+}
+
+fn size_in(
+    key: &str,
+    given: Option<ByteSize>,
+    default: usize,
+    lo: usize,
+    hi: usize,
+) -> Result<usize> {
+    let v = given.map_or(default, |b| b.0);
+    if v < lo || v > hi {
+        bail!(
+            "{key} = {v} bytes is out of range: between {} and {}",
+            show_size(lo),
+            show_size(hi)
+        );
     }
-    if let Some(m) = raw.max_output {
-        l.max_output = m.0;
+    Ok(v)
+}
+
+fn count_in(key: &str, given: Option<u64>, default: u64, lo: u64, hi: u64) -> Result<u64> {
+    let v = given.unwrap_or(default);
+    if v < lo || v > hi {
+        bail!("{key} = {v} is out of range: between {lo} and {hi}");
     }
-    if let Some(n) = raw.max_headers {
-        l.max_headers = n;
+    Ok(v)
+}
+
+fn show_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
     }
-    if let Some(n) = raw.max_log_lines {
-        l.max_log_lines = n;
-    }
-    if l.deadline < Duration::from_millis(10) {
-        bail!("{ctx}: deadline must be at least 10ms (the host checks it every 10ms)");
-    }
-    if l.memory < (1 << 20) {
-        bail!("{ctx}: memory must be at least 1MiB");
-    }
-    Ok(l)
 }
 
 #[cfg(test)]
@@ -696,6 +890,62 @@ mod tests {
         assert!(e.contains("unique"), "{e}");
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nplugin=\"../x.wasm\"");
         assert!(e.contains("file name"), "{e}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_one_line_errors() {
+        for (extra, key) in [
+            (
+                "[delivery]\nmax_in_flight = 9223372036854775807",
+                "delivery: max_in_flight",
+            ),
+            (
+                "[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\nmax_in_flight = 9223372036854775807",
+                "client \"a\": max_in_flight",
+            ),
+            ("[delivery]\nmax_in_flight = 0", "max_in_flight"),
+            (
+                "[delivery]\nretry_schedule = [\"5s\", \"500000years\"]",
+                "retry_schedule",
+            ),
+            ("[delivery]\ndisable_after = \"0s\"", "disable_after"),
+            ("[delivery]\ntimeout = \"0s\"", "timeout"),
+            (
+                "[plugins.limits]\nmemory = \"64GiB\"",
+                "plugins.limits.memory",
+            ),
+            (
+                "[plugins.limits]\ndeadline = \"1ms\"",
+                "plugins.limits.deadline",
+            ),
+            (
+                "[plugins.limits]\nmax_headers = 100000",
+                "plugins.limits.max_headers",
+            ),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+        ] {
+            // [server] and [plugins] are already in MINIMAL: merge by rewriting.
+            let text = if let Some(rest) = extra.strip_prefix("[server]\n") {
+                MINIMAL.replace("[server]\n", &format!("[server]\n{rest}\n"))
+            } else if let Some(rest) = extra.strip_prefix("[plugins.limits]\n") {
+                format!("{MINIMAL}\n[plugins.limits]\n{rest}")
+            } else {
+                format!("{MINIMAL}\n{extra}")
+            };
+            let e = format!(
+                "{:#}",
+                Config::parse(&text, Path::new("/etc")).expect_err(extra)
+            );
+            assert!(
+                e.contains(key) && (e.contains("out of range") || e.contains("at most")),
+                "{extra}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // A huge retry wait that humantime cannot even represent is refused too.
+        assert!(
+            err("[delivery]\nretry_schedule = [\"500000000000years\"]").contains("retry_schedule")
+        );
     }
 
     #[test]

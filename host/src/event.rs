@@ -274,6 +274,10 @@ pub enum EventError {
     #[error("the body is not JSON: {0}")]
     NotJson(String),
     #[error(
+        "the body is not UTF-8 (invalid bytes at offset {0}); JSON text must be UTF-8 (RFC 8259)"
+    )]
+    NotUtf8(usize),
+    #[error(
         "the body is the JSON value null; Phraseanet sends that when an event has nothing to report \
          (a deleted feed entry, say), and there is nothing to deliver"
     )]
@@ -323,6 +327,12 @@ impl Event {
     /// Anything else, or anything that pass refuses, takes the careful way, which
     /// checks field by field and says exactly what is wrong.
     pub fn parse(id: String, raw: Bytes) -> Result<Event, EventError> {
+        // serde_json checks UTF-8 only in the strings it reads: bytes inside a
+        // field it skips would be stored, passed on raw to clients, and refused by
+        // every plugin forever. The whole body is checked once, up front.
+        if let Err(e) = std::str::from_utf8(&raw) {
+            return Err(EventError::NotUtf8(e.valid_up_to()));
+        }
         match Self::quick_feed_entry(&id, &raw) {
             Some(event) => Ok(event),
             None => Self::parse_carefully(id, raw),
@@ -801,5 +811,132 @@ mod tests {
             r#"{"name":"new_feed_entry","feed":{"title":"t"},"entry":{"title":"e","author":{}},"users":[{"email":1}]}"#,
         );
         assert!(m.starts_with("`users"), "{m}");
+    }
+
+    #[test]
+    fn a_body_with_invalid_utf8_anywhere_is_refused() {
+        // Bytes in a field the parser skips, in each way UTF-8 can be broken:
+        // a stray byte, an overlong form, an encoded surrogate, a truncated form.
+        for bad in [
+            &b"\xff\xfe junk"[..],
+            b"\xc0\xaf",
+            b"\xed\xa0\x80",
+            b"\xe2\x82",
+        ] {
+            let mut body = CURRENT.trim_end().trim_end_matches('}').as_bytes().to_vec();
+            body.extend_from_slice(b",\"x_unknown\":\"");
+            body.extend_from_slice(bad);
+            body.extend_from_slice(b"\"}");
+            let e = Event::parse("evt_test".into(), Bytes::from(body)).unwrap_err();
+            assert!(matches!(e, EventError::NotUtf8(_)), "{bad:?}: {e}");
+            assert!(e.to_string().contains("UTF-8"), "{e}");
+        }
+    }
+
+    /// Every real event of the fixtures, for the property tests.
+    fn samples() -> Vec<&'static str> {
+        vec![
+            CURRENT,
+            DOCUMENTED,
+            include_str!("../../tests/fixtures/events/record.created.json"),
+            include_str!("../../tests/fixtures/events/record.edited.json"),
+            include_str!("../../tests/fixtures/events/record.status_changed.json"),
+            include_str!("../../tests/fixtures/events/record.subdef.created.json"),
+            include_str!("../../tests/fixtures/events/user.created.json"),
+            include_str!("../../tests/fixtures/events/user.registration.granted.json"),
+            include_str!("../../tests/fixtures/events/order.created.json"),
+        ]
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A real event with a few bytes changed, inserted or removed.
+        fn mutated() -> impl Strategy<Value = Vec<u8>> {
+            let edits =
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8);
+            (prop::sample::select(samples()), edits).prop_map(|(text, edits)| {
+                let mut b = text.as_bytes().to_vec();
+                for (at, byte, op) in edits {
+                    let (len, i) = (b.len(), at.index(b.len().max(1)));
+                    match op {
+                        0 if len > 0 => b[i.min(len - 1)] = byte,
+                        1 => b.insert(i.min(len), byte),
+                        _ if len > 0 => {
+                            b.remove(i.min(len - 1));
+                        }
+                        _ => {}
+                    }
+                }
+                b
+            })
+        }
+
+        fn check(bytes: Vec<u8>) {
+            let raw = Bytes::from(bytes);
+            // Never a panic; and whatever is accepted keeps its bytes exactly,
+            // since they are what a client without a plugin receives.
+            if let Ok(e) = Event::parse("evt_prop".into(), raw.clone()) {
+                assert_eq!(e.raw, raw);
+                assert!(std::str::from_utf8(&e.raw).is_ok());
+                assert!(!e.name.is_empty());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                check(bytes);
+            }
+
+            #[test]
+            fn mutated_real_events_never_panic(bytes in mutated()) {
+                check(bytes);
+            }
+
+            #[test]
+            fn json_shaped_noise_never_panics(v in json_value()) {
+                check(v.to_string().into_bytes());
+            }
+        }
+
+        /// Arbitrary JSON, with Phraseanet's field names likely, so that the parser
+        /// gets past the first key now and then.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let key = prop_oneof![
+                Just("event".to_string()),
+                Just("name".to_string()),
+                Just("data".to_string()),
+                Just("feed".to_string()),
+                Just("entry".to_string()),
+                Just("users".to_string()),
+                Just("webhookId".to_string()),
+                Just("url".to_string()),
+                Just("user".to_string()),
+                "[a-z_]{1,8}",
+            ];
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(|f| serde_json::json!(f)),
+                prop_oneof![
+                    Just("new_feed_entry".to_string()),
+                    Just("record.created".to_string()),
+                    ".{0,12}"
+                ]
+                .prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                    prop::collection::vec((key.clone(), inner), 0..6)
+                        .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
     }
 }

@@ -3,8 +3,11 @@
 //! `POST /v1/events` checks the token, the content type and the size, parses the
 //! event, fans it out to the clients that want it, and answers 202 only once the
 //! event and its deliveries are committed to the store. Everything it refuses gets
-//! a JSON `{"error": …}` that says why. `GET /healthz` and `GET /v1/status` are for
-//! operators and their probes.
+//! a JSON `{"error": …}` that says why: 413 only for a body over the size limit,
+//! 400 for one that is malformed (a bad chunk, invalid UTF-8, not an event), 408
+//! for one that does not arrive within `server.body_timeout`. `GET /healthz` is
+//! for probes; `GET /v1/status` names every client and plugin, so it takes the
+//! ingest token too when one is configured.
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ use crate::store::Store;
 pub struct Ingest {
     pub token: Option<String>,
     pub max_body: usize,
+    pub body_timeout: std::time::Duration,
     pub store: Store,
     pub dispatcher: Arc<Dispatcher>,
     pub registry: Arc<Registry>,
@@ -55,29 +59,35 @@ struct TokenQuery {
     token: Option<String>,
 }
 
+/// `Err` with the 401 to answer when a token is configured and not given.
+fn check_token(st: &Ingest, q: &TokenQuery, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = &st.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or(q.token.as_deref());
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong token")),
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "a token is required: `Authorization: Bearer <token>` or `?token=<token>`",
+        )),
+    }
+}
+
 async fn post_event(
     State(st): State<Arc<Ingest>>,
     Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(expected) = &st.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .or(q.token.as_deref());
-        match given {
-            Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => {}
-            Some(_) => return error(StatusCode::UNAUTHORIZED, "wrong token"),
-            None => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "a token is required: `Authorization: Bearer <token>` or `?token=<token>`",
-                );
-            }
-        }
+    if let Err(refused) = check_token(&st, &q, &headers) {
+        return refused;
     }
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -102,14 +112,33 @@ async fn post_event(
             ),
         );
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, st.max_body).await {
-        Ok(b) => b,
+    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, st.max_body));
+    let bytes: Bytes = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body is over the limit of {} bytes (server.max_body)",
+                        st.max_body
+                    ),
+                );
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            );
+        }
         Err(_) => {
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::REQUEST_TIMEOUT,
                 format!(
-                    "the body is over the limit of {} bytes (server.max_body)",
-                    st.max_body
+                    "the body did not arrive within {} (server.body_timeout)",
+                    humantime::format_duration(st.body_timeout)
                 ),
             );
         }
@@ -142,7 +171,14 @@ async fn post_event(
     }
 }
 
-async fn status(State(st): State<Arc<Ingest>>) -> Response {
+async fn status(
+    State(st): State<Arc<Ingest>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_token(&st, &q, &headers) {
+        return refused;
+    }
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "plugins": st.registry.status(),

@@ -9,8 +9,10 @@ pub mod config;
 pub mod deliver;
 pub mod event;
 pub mod ingest;
+pub mod listen;
 pub mod plugin;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub async fn serve(
     let runtime = Arc::new(
         plugin::Runtime::new(plugin::RuntimeOptions {
             cache_dir: Some(config.plugins.cache_dir.clone()),
+            cache_key: Some(config.plugins.cache_key.clone()),
             warm_instances: config.plugins.warm_instances,
             recycle_after: config.plugins.recycle_after,
         })
@@ -35,6 +38,7 @@ pub async fn serve(
     );
     let registry = Arc::new(plugin::registry::Registry::new(
         &config.plugins.dir,
+        config.plugins.max_file_size,
         runtime,
     ));
     registry.load_all().await?;
@@ -57,6 +61,7 @@ pub async fn serve(
     let app = ingest::router(Arc::new(ingest::Ingest {
         token: config.server.ingest_token.clone(),
         max_body: config.server.max_body,
+        body_timeout: config.server.body_timeout,
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         registry: registry.clone(),
@@ -66,9 +71,13 @@ pub async fn serve(
         plugins = %config.plugins.dir.display(), store = %config.store.path.display(),
         "hookwasm {} serving", env!("CARGO_PKG_VERSION")
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = listen::Limits {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config.server.max_connections,
+    };
+    listen::raise_fd_limit(limits.max_connections);
+    listen::serve(listener, app, limits, shutdown).await;
 
     tracing::info!("stopping: finishing the attempts in flight");
     dispatcher.shutdown().await;

@@ -315,7 +315,14 @@ impl Host {
     /// files (`(name in plugins.dir, source)`), then starts `hookwasm serve`.
     pub async fn start(config: &str, plugins: &[(&str, PathBuf)]) -> Host {
         let cache = repo().join("target/test-plugin-cache");
-        let extra = format!("cache_dir = {:?}\n", cache.to_str().unwrap());
+        // The key beside the folder, as the command line keeps it, so that the
+        // host and `plugin test` in the tests share one cache.
+        let key = repo().join("target/test-plugin-cache.key");
+        let extra = format!(
+            "cache_dir = {:?}\ncache_key = {:?}\n",
+            cache.to_str().unwrap(),
+            key.to_str().unwrap()
+        );
         Host::start_with(config, plugins, &extra).await
     }
 
@@ -330,6 +337,11 @@ impl Host {
         for (name, src) in plugins {
             std::fs::copy(src, dir.path().join("plugins").join(name)).unwrap();
         }
+        Host::start_in(dir, config, plugins_extra).await
+    }
+
+    /// Like `start_with`, in a folder the test has laid out (`plugins/` in it).
+    pub async fn start_in(dir: tempfile::TempDir, config: &str, plugins_extra: &str) -> Host {
         let addr = free_port();
         let text = format!(
             "[server]\nlisten = \"{addr}\"\n\n[plugins]\ndir = \"plugins\"\n{plugins_extra}\n[store]\npath = \"data/hookwasm.db\"\n\n{config}"
@@ -558,6 +570,18 @@ pub const LOOPBACK: &str = "[delivery]\nallowed_networks = [\"127.0.0.0/8\"]\n";
 /// A `[[clients]]` entry.
 pub fn client(id: &str, url: &str, extra: &str) -> String {
     format!("[[clients]]\nid = \"{id}\"\nurl = \"{url}\"\n{extra}\n")
+}
+
+/// A host with one client `id` that delivers to `recv` at `/{id}` (loopback
+/// allowed), its own keys in `extra`, and these plugin files.
+pub async fn host_with_client(
+    recv: &Receiver,
+    id: &str,
+    extra: &str,
+    plugins: &[(&str, PathBuf)],
+) -> Host {
+    let config = format!("{LOOPBACK}{}", client(id, &recv.url(&format!("/{id}")), extra));
+    Host::start(&config, plugins).await
 }
 
 /// Waits until `n` of a client's deliveries in the store satisfy `done`.

@@ -788,8 +788,8 @@ impl Worker {
                     Outcome::Park(u)
                 }
                 Err(e) => {
-                    tracing::warn!(client = %self.client.id, plugin = %tag, delivery = %j.id, event = %j.event.id,
-                        kind = e.kind(), "plugin error, delivery held until a new version: {e}");
+                    tracing::warn!(client = %self.client.id, plugin = ?tag, delivery = %j.id, event = %j.event.id,
+                        kind = e.kind(), "plugin error, delivery held until a new version: {}", crate::text::escape(&e.to_string()));
                     let mut u = Update::new(j.seq, State::PluginError);
                     u.reason = Some(format!("{}: {e}", e.kind()));
                     u.plugin = Some(tag.clone());

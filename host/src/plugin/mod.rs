@@ -11,7 +11,19 @@
 //! Sandbox: WASI is linked because every toolchain's standard library imports it,
 //! but the context is deny-all: no preopened directory, no socket, no name lookup,
 //! no environment or arguments, stdin closed; stdout and stderr are captured, cut
-//! to a few KiB, and written to the host log with the plugin's tag.
+//! to a few KiB, and written (escaped) to the host log with the plugin's tag.
+//!
+//! Time: a plugin has no clock of its own. During a call the wall clock reads the
+//! event's `received-at` (time stands still within a call, as on serverless
+//! platforms), so a rendering is the same in `plugin test`, a replay and a
+//! dry-run; the monotonic clock runs, but only in whole milliseconds.
+//!
+//! Output: what a plugin answers is checked before anything is stored or sent
+//! (see [`check_output`]): body size, header count and total size, names the
+//! host sets or that a receiver could take for them (`webhook_signature` reads as
+//! `webhook-signature` to CGI, PHP and WSGI), hop-by-hop headers, and values that
+//! are not visible ASCII. Skip reasons and error messages are cut to
+//! `max_reason`.
 //!
 //! World versions live in submodules (`v0_1`, …), one `bindgen!` each, and
 //! [`Bindings`] dispatches on the version a component exports, so a plugin built
@@ -29,6 +41,7 @@ mod v0_2;
 pub use v0_2::Bare;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +52,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::PluginLimits;
 use crate::event::Event;
+use crate::text::{cut, escape};
 
 use capture::Capture;
 
@@ -166,6 +180,19 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// The same error with its message cut to `max` bytes: a plugin's text is
+    /// stored with every delivery and logged, so it is bounded like its body.
+    pub fn capped(self, max: usize) -> PluginError {
+        match self {
+            PluginError::InvalidEvent(m) => PluginError::InvalidEvent(cut(m, max)),
+            PluginError::InvalidConfig(m) => PluginError::InvalidConfig(cut(m, max)),
+            PluginError::Failed(m) => PluginError::Failed(cut(m, max)),
+            PluginError::Trap(m) => PluginError::Trap(cut(m, max)),
+            PluginError::BadOutput(m) => PluginError::BadOutput(cut(m, max)),
+            other => other,
+        }
+    }
+
     /// A short machine-readable kind, as stored with the delivery.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -188,6 +215,35 @@ pub struct HostState {
     log: LogTag,
     stdout: Capture,
     stderr: Capture,
+    /// What the guest's wall clock reads: the current event's `received_at` (ms).
+    now: Arc<AtomicI64>,
+}
+
+/// The wall clock a plugin sees: the time the event was received, fixed for the
+/// whole call.
+struct EventClock(Arc<AtomicI64>);
+
+impl wasmtime_wasi::HostWallClock for EventClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64)
+    }
+}
+
+/// A monotonic clock in whole milliseconds: enough to measure, too coarse to
+/// time the host's work from inside.
+struct CoarseClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for CoarseClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        let ns = self.0.elapsed().as_nanos() as u64;
+        ns - ns % 1_000_000
+    }
 }
 
 impl WasiView for HostState {
@@ -251,7 +307,7 @@ impl LogTag {
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let message = &message[..end];
+        let message = escape(&message[..end]);
         let (client, plugin) = (&self.client, &self.plugin);
         match level {
             tracing::Level::ERROR => tracing::error!(target: "plugin", client, plugin, "{message}"),
@@ -280,6 +336,8 @@ enum Instance {
 pub struct RuntimeOptions {
     /// Where compiled components are cached, keyed by content and engine.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The key that authenticates cache entries; `<cache_dir>.key` by default.
+    pub cache_key: Option<std::path::PathBuf>,
     /// Idle instances kept per plugin version and client.
     pub warm_instances: usize,
     /// Calls after which an instance is replaced by a fresh one.
@@ -290,6 +348,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             cache_dir: None,
+            cache_key: None,
             warm_instances: 2,
             recycle_after: 10_000,
         }
@@ -329,7 +388,14 @@ impl Runtime {
         v0_2::add_to_linker(&mut linker)?;
 
         let cache = match &options.cache_dir {
-            Some(dir) => Some(cache::Cache::open(dir, &engine)?),
+            Some(dir) => {
+                let key = options.cache_key.clone().unwrap_or_else(|| {
+                    let mut k = dir.as_os_str().to_owned();
+                    k.push(".key");
+                    k.into()
+                });
+                Some(cache::Cache::open(dir, &key, &engine)?)
+            }
             None => None,
         };
 
@@ -425,13 +491,22 @@ impl Runtime {
         })
     }
 
-    /// A fresh instance of `plugin` for one client, with a deny-all WASI.
-    fn instantiate(&self, plugin: &Plugin, cx: &CallContext<'_>) -> wasmtime::Result<Warm> {
+    /// A fresh instance of `plugin` for one client, with a deny-all WASI. On
+    /// failure, whether it was the memory cap that stopped it.
+    fn instantiate(
+        &self,
+        plugin: &Plugin,
+        cx: &CallContext<'_>,
+        received_at: i64,
+    ) -> Result<Warm, (wasmtime::Error, bool)> {
         let stdout = Capture::new(CAPTURE_BYTES);
         let stderr = Capture::new(CAPTURE_BYTES);
+        let now = Arc::new(AtomicI64::new(received_at));
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
+            .wall_clock(EventClock(now.clone()))
+            .monotonic_clock(CoarseClock(std::time::Instant::now()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -452,6 +527,7 @@ impl Runtime {
             },
             stdout,
             stderr,
+            now,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -459,9 +535,10 @@ impl Runtime {
         store.set_epoch_deadline(deadline_ticks(cx.limits.deadline));
         store.epoch_deadline_trap();
         let instance = match &plugin.bindings {
-            Bindings::V0_1(pre) => Instance::V0_1(pre.instantiate(&mut store)?),
-            Bindings::V0_2(pre) => Instance::V0_2(pre.instantiate(&mut store)?),
-        };
+            Bindings::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+            Bindings::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+        }
+        .map_err(|e| (e, store.data().limiter.hit))?;
         Ok(Warm {
             store,
             instance,
@@ -487,18 +564,24 @@ impl Runtime {
             .and_then(Vec::pop);
         let mut warm = match idle {
             Some(w) => w,
-            None => match self.instantiate(plugin, cx) {
+            None => match self.instantiate(plugin, cx, event.received_at) {
                 Ok(w) => w,
-                Err(e) => {
+                // A memory minimum over the cap fails here, before any call.
+                Err((_, true)) => return Err(PluginError::Memory(limits.memory)),
+                Err((e, false)) => {
                     return Err(PluginError::Trap(format!(
                         "could not instantiate: {}",
                         one_line(&format!("{e:#}"))
-                    )));
+                    ))
+                    .capped(limits.max_reason));
                 }
             },
         };
         {
             let state = warm.store.data_mut();
+            state
+                .now
+                .store(event.received_at, std::sync::atomic::Ordering::Relaxed);
             state.limiter.memory = limits.memory;
             state.limiter.hit = false;
             state.log.lines = 0;
@@ -548,7 +631,7 @@ impl Runtime {
                         }
                     }
                 }
-                answer?
+                answer.map_err(|e| e.capped(limits.max_reason))?
             }
             Err(trap) => {
                 return Err(if memory_hit {
@@ -556,7 +639,7 @@ impl Runtime {
                 } else if matches!(trap.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
                     PluginError::Deadline(limits.deadline)
                 } else {
-                    PluginError::Trap(describe_trap(&trap, &stderr_tail))
+                    PluginError::Trap(describe_trap(&trap, &stderr_tail)).capped(limits.max_reason)
                 });
             }
         };
@@ -631,60 +714,98 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
     what
 }
 
-/// Headers the host sets itself; a plugin may not.
-const RESERVED_HEADERS: &[&str] = &[
-    "content-type",
-    "content-length",
-    "host",
-    "user-agent",
-    "transfer-encoding",
+/// Headers the host sets itself, and those a receiver's stack reads as such.
+const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent"];
+
+/// Hop-by-hop headers: they speak about the connection, not the delivery.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
 ];
 
+/// Why a plugin may not send header `name`, if it may not.
+fn refused_header(name: &str) -> Option<&'static str> {
+    // CGI, PHP and WSGI turn `-` and `_` into the same variable name, so
+    // `webhook_signature` would reach a receiver as `webhook-signature`.
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    if RESERVED_HEADERS.contains(&n.as_str()) || n.starts_with("webhook-") {
+        Some("the host's to set (or reads as one of those once `_` is taken for `-`)")
+    } else if HOP_BY_HOP.contains(&n.as_str()) || n.starts_with("proxy-") {
+        Some("a hop-by-hop header")
+    } else {
+        None
+    }
+}
+
+/// Visible ASCII, with spaces and tabs inside: what every receiver reads the same.
+fn visible_ascii(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
+}
+
+/// Checks a plugin's answer against the client's limits and the header rules;
+/// cuts a skip reason to `max_reason`.
 fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, PluginError> {
-    let Verdict::Deliver(r) = &verdict else {
-        return Ok(verdict);
+    let r = match verdict {
+        Verdict::Skip(reason) => return Ok(Verdict::Skip(cut(reason, limits.max_reason))),
+        Verdict::Deliver(r) => r,
     };
+    let refuse = |msg: String| Err(PluginError::BadOutput(cut(msg, limits.max_reason)));
+    let shown = |s: &str| escape(&cut(s.to_string(), 64)).into_owned();
     if r.body.len() > limits.max_output {
-        return Err(PluginError::BadOutput(format!(
+        return refuse(format!(
             "the body is {} bytes, over the limit of {}",
             r.body.len(),
             limits.max_output
-        )));
+        ));
     }
     if r.headers.len() > limits.max_headers {
-        return Err(PluginError::BadOutput(format!(
+        return refuse(format!(
             "{} headers, over the limit of {}",
             r.headers.len(),
             limits.max_headers
-        )));
+        ));
     }
+    let mut total = r.content_type.as_ref().map_or(0, String::len);
     for (name, value) in &r.headers {
-        let lower = name.to_ascii_lowercase();
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
-            return Err(PluginError::BadOutput(format!(
-                "header `{name}` is the host's to set"
-            )));
+        total += name.len() + value.len();
+        if total > limits.max_header_bytes {
+            return refuse(format!(
+                "the headers are over the limit of {} bytes (max_header_bytes)",
+                limits.max_header_bytes
+            ));
         }
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(PluginError::BadOutput(format!(
-                "`{name}` is not a valid header name"
-            )));
+            return refuse(format!("`{}` is not a valid header name", shown(name)));
         }
-        if reqwest::header::HeaderValue::from_str(value).is_err() {
-            return Err(PluginError::BadOutput(format!(
-                "the value of header `{name}` is not a valid header value"
-            )));
+        if let Some(why) = refused_header(name) {
+            return refuse(format!("header `{}` is {why}", shown(name)));
+        }
+        if !visible_ascii(value) {
+            return refuse(format!(
+                "the value of header `{}` is not visible ASCII",
+                shown(name)
+            ));
         }
     }
-    if let Some(ct) = &r.content_type
-        && reqwest::header::HeaderValue::from_str(ct).is_err()
-    {
-        return Err(PluginError::BadOutput(format!(
-            "content type {ct:?} is not a valid header value"
-        )));
+    if let Some(ct) = &r.content_type {
+        if total > limits.max_header_bytes {
+            return refuse(format!(
+                "the content type is over the limit of {} bytes (max_header_bytes)",
+                limits.max_header_bytes
+            ));
+        }
+        if !visible_ascii(ct) || ct.trim().is_empty() {
+            return refuse(format!("content type {:?} is not visible ASCII", shown(ct)));
+        }
     }
-    Ok(verdict)
+    Ok(Verdict::Deliver(r))
 }
 
 impl Runtime {
@@ -699,7 +820,9 @@ impl Runtime {
             config: &[],
             limits: &limits,
         };
-        let warm = self.instantiate(plugin, &cx)?;
+        let warm = self
+            .instantiate(plugin, &cx, event.received_at)
+            .map_err(|(e, _)| e)?;
         match warm.instance {
             Instance::V0_2(i) => Ok(v0_2::Bare::new(warm.store, i, event)),
             Instance::V0_1(_) => anyhow::bail!("the bare-call benchmark wants a 0.2.0 plugin"),
@@ -729,4 +852,90 @@ fn one_line(msg: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(headers: &[(&str, &str)], content_type: Option<&str>) -> Verdict {
+        Verdict::Deliver(Rendered {
+            body: b"{}".to_vec(),
+            content_type: content_type.map(str::to_string),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    fn refused(v: Verdict) -> String {
+        match check_output(v, &PluginLimits::default()) {
+            Err(PluginError::BadOutput(m)) => m,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn look_alike_and_hop_by_hop_headers_are_refused() {
+        for name in [
+            "webhook_signature",
+            "Webhook-Id",
+            "webhook_id",
+            "content_length",
+            "Content-Type",
+            "HOST",
+            "user_agent",
+            "connection",
+            "upgrade",
+            "te",
+            "trailer",
+            "keep-alive",
+            "keep_alive",
+            "expect",
+            "proxy-authorization",
+            "proxy_connection",
+            "transfer-encoding",
+        ] {
+            let m = refused(deliver(&[(name, "x")], None));
+            assert!(m.contains(name), "{name}: {m}");
+        }
+        assert!(
+            check_output(
+                deliver(&[("x-chat-channel", "#press")], None),
+                &PluginLimits::default()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn header_values_must_be_visible_ascii_and_bounded() {
+        assert!(refused(deliver(&[("x-a", "caf\u{e9}")], None)).contains("visible ASCII"));
+        assert!(refused(deliver(&[("x-a", "a\u{1}b")], None)).contains("visible ASCII"));
+        assert!(refused(deliver(&[], Some("text/plain\u{7f}"))).contains("content type"));
+        let big = "v".repeat(9000);
+        assert!(refused(deliver(&[("x-a", &big)], None)).contains("max_header_bytes"));
+        assert!(refused(deliver(&[], Some(&big))).contains("max_header_bytes"));
+        let many: Vec<(String, String)> = (0..20)
+            .map(|i| (format!("x-{i}"), "v".repeat(500)))
+            .collect();
+        let v = Verdict::Deliver(Rendered {
+            body: vec![],
+            content_type: None,
+            headers: many,
+        });
+        assert!(refused(v).contains("max_header_bytes"));
+    }
+
+    #[test]
+    fn reasons_and_messages_are_cut() {
+        let limits = PluginLimits::default();
+        match check_output(Verdict::Skip("r".repeat(1 << 20)), &limits).unwrap() {
+            Verdict::Skip(r) => assert!(r.len() <= limits.max_reason, "{}", r.len()),
+            v => panic!("{v:?}"),
+        }
+        let e = PluginError::Failed("m".repeat(1 << 20)).capped(limits.max_reason);
+        assert!(e.to_string().len() < limits.max_reason + 64);
+    }
 }

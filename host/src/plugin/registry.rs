@@ -6,27 +6,37 @@
 //! atomically under a short lock. Callers hold an `Arc<Plugin>`, so calls already
 //! running finish on the version they started with.
 //!
-//! Changes are debounced: a file is read once it has been quiet for [`QUIET`]. A
-//! file that does not compile or does not fit the world is reported (log and
-//! status) and the previous good version keeps serving; an empty file is taken to
-//! be still being written and is left alone. A deleted file is unloaded: its
-//! clients are held (fail closed) until a good file is back. Every change bumps a
-//! generation counter that the delivery workers watch, so held work resumes by
-//! itself.
+//! Changes are debounced per file: a file is read once it has been quiet for
+//! [`QUIET`], or at the latest [`MAX_WAIT`] after its first change, so a file that
+//! is rewritten without pause next to it never starves another's reload. Only
+//! regular files (after following links) are read, and at most
+//! `plugins.max_file_size` of them: a FIFO, a device or a symlink to one is
+//! refused without blocking. A file that cannot be read, does not compile or does
+//! not fit the world is reported (log and status) and the previous good version
+//! keeps serving; an empty file is taken to be still being written (and said so
+//! in the status). A deleted file is unloaded: its clients are held (fail closed)
+//! until a good file is back. Every change bumps a generation counter that the
+//! delivery workers watch, so held work resumes by itself.
+//!
+//! File names come from whoever can write to the folder: they are logged escaped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use super::{Plugin, Runtime, content_hash};
+use crate::text::escape;
 
 /// How long a file must be left alone before it is read.
 pub const QUIET: Duration = Duration::from_millis(100);
+/// The longest a changed file waits to be read, however busy it stays.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// What a client's plugin file gives right now.
 #[derive(Debug, Clone)]
@@ -41,7 +51,8 @@ pub enum Lookup {
 #[derive(Default)]
 struct Slot {
     current: Option<Arc<Plugin>>,
-    /// The last load failure, kept while the file is what failed.
+    /// Why the file on disk is not what serves (a load failure, a read error, an
+    /// empty file), kept while the file is so.
     error: Option<String>,
     /// The content hash of the bytes that failed, not to compile them twice.
     rejected: Option<String>,
@@ -65,6 +76,7 @@ pub struct PluginStatus {
 
 pub struct Registry {
     dir: PathBuf,
+    max_file_size: u64,
     runtime: Arc<Runtime>,
     slots: RwLock<HashMap<String, Slot>>,
     reads: AtomicU64,
@@ -75,9 +87,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(dir: &Path, runtime: Arc<Runtime>) -> Registry {
+    pub fn new(dir: &Path, max_file_size: u64, runtime: Arc<Runtime>) -> Registry {
         Registry {
             dir: dir.to_path_buf(),
+            max_file_size,
             runtime,
             slots: RwLock::new(HashMap::new()),
             reads: AtomicU64::new(0),
@@ -180,20 +193,40 @@ impl Registry {
         })
     }
 
+    /// Reads each changed file once it is quiet, or once it has waited
+    /// [`MAX_WAIT`]: every file has its own clock.
     async fn debounce(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<String>) {
-        while let Some(first) = rx.recv().await {
-            let mut changed: HashSet<String> = HashSet::from([first]);
-            // Wait for the folder to be quiet, then look at each file once.
-            loop {
-                match tokio::time::timeout(QUIET, rx.recv()).await {
-                    Ok(Some(name)) => {
-                        changed.insert(name);
-                    }
-                    Ok(None) => return,
-                    Err(_) => break,
+        // name → (first change not yet read, latest change)
+        let mut pending: HashMap<String, (Instant, Instant)> = HashMap::new();
+        let due = |&(first, last): &(Instant, Instant)| (last + QUIET).min(first + MAX_WAIT);
+        loop {
+            let next = pending.values().map(due).min();
+            let received = match next {
+                Some(at) => tokio::time::timeout_at(at.into(), rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            };
+            match received {
+                Some(Some(name)) => {
+                    let now = Instant::now();
+                    pending
+                        .entry(name)
+                        .and_modify(|(_, last)| *last = now)
+                        .or_insert_with_key(|name| {
+                            tracing::info!(plugin = ?name, "plugin file changed; reading it once it is written");
+                            (now, now)
+                        });
                 }
+                Some(None) => return,
+                None => {}
             }
-            for name in changed {
+            let now = Instant::now();
+            let ready: Vec<String> = pending
+                .iter()
+                .filter(|(_, t)| due(t) <= now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in ready {
+                pending.remove(&name);
                 tokio::spawn(self.clone().refresh(name));
             }
         }
@@ -203,20 +236,25 @@ impl Registry {
     pub async fn refresh(self: Arc<Self>, file: String) {
         let path = self.dir.join(&file);
         let read_seq = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let max = self.max_file_size;
+        let read = tokio::task::spawn_blocking(move || read_plugin_file(&path, max)).await;
+        let bytes = match read {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => {
                 self.unload(&file, read_seq);
                 return;
             }
+            Ok(Err(e)) => return self.not_loadable(&file, read_seq, &e),
             Err(e) => {
-                tracing::error!(plugin = %file, "cannot read the plugin file: {e}");
-                return;
+                return self.not_loadable(&file, read_seq, &format!("reading it crashed: {e}"));
             }
         };
         if bytes.is_empty() {
-            tracing::debug!(plugin = %file, "empty plugin file, taken to be still being written");
-            return;
+            return self.not_loadable(
+                &file,
+                read_seq,
+                "is empty (0 bytes), taken to be still being written",
+            );
         }
         let hash = content_hash(&bytes);
         {
@@ -224,15 +262,26 @@ impl Registry {
             // this read is the newest, so a slower load of older bytes must not win.
             let mut slots = self.slots.write().unwrap();
             let slot = slots.entry(file.clone()).or_default();
-            if slot.current.as_ref().is_some_and(|p| p.hash == hash)
-                || slot.rejected.as_ref() == Some(&hash)
-            {
+            if slot.current.as_ref().is_some_and(|p| p.hash == hash) {
+                slot.read_seq = slot.read_seq.max(read_seq);
+                // The file is back to the bytes serving: whatever was said of the
+                // file in between (rejected, empty, unreadable) is no longer true.
+                if slot.error.take().is_some() {
+                    slot.rejected = None;
+                    tracing::info!(plugin = ?file, version = %hash, "plugin file is the serving version again");
+                    drop(slots);
+                    self.generation.send_modify(|g| *g += 1);
+                }
+                return;
+            }
+            if slot.rejected.as_ref() == Some(&hash) {
                 slot.read_seq = slot.read_seq.max(read_seq);
                 return;
             }
         }
         let runtime = self.runtime.clone();
         let name = file.clone();
+        tracing::info!(plugin = ?file, version = %hash, bytes = bytes.len(), "compiling plugin");
         let permit = self.compiling.acquire().await.expect("never closed");
         let started = std::time::Instant::now();
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes)).await;
@@ -249,7 +298,7 @@ impl Registry {
             Ok(Ok(plugin)) => {
                 let previous = slot.current.as_ref().map(|p| p.hash.clone());
                 tracing::info!(
-                    plugin = %file, version = %plugin.hash, world = plugin.world.as_str(),
+                    plugin = ?file, version = %plugin.hash, world = plugin.world.as_str(),
                     previous = previous.as_deref().unwrap_or("none"), compile_ms = took.as_millis() as u64,
                     "plugin loaded"
                 );
@@ -260,8 +309,9 @@ impl Registry {
             }
             Ok(Err(e)) => {
                 let serving = slot.current.as_ref().map(|p| p.hash.clone());
+                let e = escape(&e.to_string()).into_owned();
                 tracing::error!(
-                    plugin = %file, version = %hash,
+                    plugin = ?file, version = %hash,
                     still_serving = serving.as_deref().unwrap_or("nothing: its clients are held"),
                     "plugin rejected: {e}"
                 );
@@ -269,7 +319,7 @@ impl Registry {
                 slot.rejected = Some(hash);
             }
             Err(join) => {
-                tracing::error!(plugin = %file, "plugin compilation crashed: {join}");
+                tracing::error!(plugin = ?file, "plugin compilation crashed: {join}");
                 slot.error = Some(format!("{file} (version {hash}): compilation crashed"));
             }
         }
@@ -285,7 +335,7 @@ impl Registry {
             return;
         }
         if slot.current.is_some() || slot.error.is_some() {
-            tracing::warn!(plugin = %file, "plugin file removed: its clients are held until it is back");
+            tracing::warn!(plugin = ?file, "plugin file removed: its clients are held until it is back");
         }
         // Keep the slot (empty) so a slower load of older bytes cannot revive it.
         *slot = Slot {
@@ -295,6 +345,80 @@ impl Registry {
         drop(slots);
         self.generation.send_modify(|g| *g += 1);
     }
+}
+
+impl Registry {
+    /// The file is there but cannot be loaded as it is: say so in the status (and
+    /// to held clients), and keep serving what served.
+    fn not_loadable(&self, file: &str, read_seq: u64, why: &str) {
+        let mut slots = self.slots.write().unwrap();
+        let slot = slots.entry(file.to_string()).or_default();
+        if slot.read_seq > read_seq {
+            return;
+        }
+        slot.read_seq = read_seq;
+        slot.rejected = None;
+        let serving = slot.current.as_ref().map(|p| p.hash.clone());
+        tracing::warn!(
+            plugin = ?file,
+            still_serving = serving.as_deref().unwrap_or("nothing: its clients are held"),
+            "plugin file not loaded: it {}", escape(why)
+        );
+        slot.error = Some(match &serving {
+            Some(v) => format!("{file} {why}; version {v} keeps serving"),
+            None => format!("{file} {why}"),
+        });
+        drop(slots);
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// A plugin file's bytes; `None` when there is no such file. Only a regular file
+/// (links followed) is read, and no more than `max` bytes of it: opening does not
+/// block on a FIFO, and the type is checked on the opened file itself, so it
+/// cannot be swapped between the check and the read.
+fn read_plugin_file(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot be read: {e}")),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        let kind = if t.is_dir() {
+            "a folder"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(format!("is {kind}, not a regular file"));
+    }
+    let too_big = |n: u64| format!("is {n} bytes, over plugins.max_file_size ({max} bytes)");
+    if meta.len() > max {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
 }
 
 /// Whether an event can change what a file holds. Reads (our own included) and

@@ -179,6 +179,49 @@ pub struct Sweep {
     pub held: Vec<String>,
 }
 
+/// Makes the store private to the host's user, whatever the umask: every event
+/// (subscribers' e-mail addresses included) is in it. A new folder is created
+/// 0700; the database is created 0600 before SQLite opens it, and SQLite gives its
+/// `-wal` and `-shm` files the database's mode. Files left more open by an older
+/// hookwasm are closed down to 0600.
+fn private_files(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the store's folder {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the store {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).with_context(
+                || {
+                    format!(
+                        "cannot make {} private (0600)",
+                        std::path::Path::new(&file).display()
+                    )
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs on the writer thread right after an ingest commits, in commit order.
 pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
 
@@ -216,12 +259,7 @@ const MAX_BATCH: usize = 2048;
 impl Store {
     /// Opens (creating if need be) the store at `path` and migrates it.
     pub fn open(path: &std::path::Path) -> Result<Store> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the store's folder {}", dir.display()))?;
-        }
+        private_files(path)?;
         let mut writer = schema::open(path, true)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot migrate the store {}", path.display()))?;

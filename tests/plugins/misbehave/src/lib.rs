@@ -13,6 +13,12 @@
 //! - `open-file`: tries to read /etc/passwd and lists `/`;
 //! - `env`: tries to read the host's environment;
 //! - `count`: delivers `{"calls": n}`, n counting calls into this instance;
+//! - `long-reason` / `long-error` / `long-header`: a 1 MiB skip reason, error
+//!   message or header value;
+//! - `look-alike`: sets `webhook_signature`, which CGI, PHP and WSGI read as
+//!   `webhook-signature`;
+//! - `clock`: delivers what its wall clock says, twice (after some work), beside
+//!   the event's `received-at`;
 //! - `socket`: tries to open a TCP connection;
 //! - `sleep`: sleeps for an hour, then skips ("woke up");
 //! - `describe`: delivers what the typed view says: payload kind, record id,
@@ -135,6 +141,38 @@ impl Plugin for Misbehave {
                 let body = format!(
                     "{{\"payload\":\"{kind}\",\"record_id\":{record},\"login\":\"{login}\",\"delivery_id\":\"{}\",\"received_at\":{}}}",
                     client.delivery_id, event.received_at
+                );
+                Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
+            }
+            "long-reason" => Ok(hookwasm_plugin::skip("r".repeat(1 << 20))),
+            "long-error" => Err(Error::Failed("m".repeat(1 << 20))),
+            "long-header" | "look-alike" => {
+                let mut v = hookwasm_plugin::deliver(b"{}".to_vec(), None);
+                if let Verdict::Deliver(d) = &mut v {
+                    d.headers.push(if what == "look-alike" {
+                        ("webhook_signature".into(), "v1,forged".into())
+                    } else {
+                        ("x-big".into(), "v".repeat(1 << 20))
+                    });
+                }
+                Ok(v)
+            }
+            "clock" => {
+                let ms = || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
+                let first = ms();
+                let mut x = 0u64;
+                for i in 0..2_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                let body = format!(
+                    "{{\"wall_ms\":{first},\"again_ms\":{},\"received_at\":{},\"work\":{}}}",
+                    ms(),
+                    event.received_at,
+                    x % 2
                 );
                 Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
             }
