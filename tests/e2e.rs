@@ -672,14 +672,17 @@ fn plugin_check_tells_a_plugin_from_anything_else() {
     let bytes = std::fs::read(&chat).unwrap();
     let truncated = dir.path().join("t.wasm");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
-    let (code, out, _) = run(&["plugin", "check", truncated.to_str().unwrap()]);
+    let (code, _, err) = run(&["plugin", "check", truncated.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(out.contains("not a WebAssembly component"), "{out}");
+    assert!(
+        err.contains("hookwasm: t.wasm: not a WebAssembly component"),
+        "{err}"
+    );
     let text = dir.path().join("x.wasm");
     std::fs::write(&text, "hello").unwrap();
-    let (code, out, _) = run(&["plugin", "check", text.to_str().unwrap()]);
+    let (code, _, err) = run(&["plugin", "check", text.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(out.contains("\\0asm"), "{out}");
+    assert!(err.contains("\\0asm"), "{err}");
     let (code, _, err) = run(&["plugin", "check", "/nonexistent.wasm"]);
     assert_eq!(code, 1);
     assert!(

@@ -237,7 +237,7 @@ pub async fn plugin_test_folder(
             continue;
         }
         match std::fs::read_to_string(&expected_path) {
-            Ok(expected) if expected.trim() == actual => {
+            Ok(expected) if same_verdict(&expected, &actual) => {
                 println!("ok       {stem}");
                 passed += 1;
             }
@@ -274,9 +274,7 @@ fn with_plugin<T>(
     f: impl FnOnce(&Runtime, &hookwasm::plugin::Plugin, &CallContext<'_>) -> T,
 ) -> Result<T> {
     let runtime = Runtime::new(cli_runtime_options())?;
-    let plugin = runtime
-        .load(name, bytes)
-        .map_err(|e| anyhow!("{name}: {e}"))?;
+    let plugin = load_saying_so(&runtime, name, bytes).map_err(|e| anyhow!("{name}: {e}"))?;
     let limits = PluginLimits::default();
     let cx = CallContext {
         client_id: client,
@@ -287,9 +285,31 @@ fn with_plugin<T>(
     Ok(f(&runtime, &plugin, &cx))
 }
 
+/// An error as `plugin test --events` records it: `verdict` first, as in every
+/// verdict line (`json!` would sort the keys and put `reason` first).
 fn error_json(reason: &str) -> String {
-    serde_json::to_string(&serde_json::json!({ "verdict": "error", "reason": reason }))
-        .expect("plain data")
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        verdict: &'static str,
+        reason: &'a str,
+    }
+    serde_json::to_string(&Error {
+        verdict: "error",
+        reason,
+    })
+    .expect("plain data")
+}
+
+/// Whether a recorded expectation says the same as the verdict line `actual`:
+/// the same JSON, whatever the key order or spacing of the hand-written file.
+fn same_verdict(expected: &str, actual: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(expected),
+        serde_json::from_str::<serde_json::Value>(actual),
+    ) {
+        (Ok(e), Ok(a)) => e == a,
+        _ => expected.trim() == actual.trim(),
+    }
 }
 
 fn parse_config_args(config: &[String]) -> Result<Vec<(String, String)>> {
@@ -308,30 +328,92 @@ pub async fn plugin_check(plugin: &Path) -> Result<ExitCode> {
     let (name, bytes) = read_plugin(plugin)?;
     let outcome = tokio::task::spawn_blocking(move || -> Result<_> {
         let runtime = Runtime::new(cli_runtime_options())?;
-        Ok(runtime
-            .load(&name, &bytes)
+        let sdk = sdk_version(&bytes);
+        Ok(load_saying_so(&runtime, &name, &bytes)
+            .map(|p| (p, sdk))
             .map_err(|e| format!("{name}: {e}")))
     })
     .await??;
-    match outcome {
-        Ok(p) => {
+    let (p, sdk) = outcome.map_err(|e| anyhow!(e))?;
+    println!(
+        "{}: ok, a hookwasm plugin for world hookwasm:plugin/plugin@{} (version {})",
+        p.file,
+        p.world.as_str(),
+        p.hash
+    );
+    if let Some(version) = sdk {
+        let current = crate::scaffold::sdk_version();
+        if older(&version, current) {
             println!(
-                "{}: ok, a hookwasm plugin for world hookwasm:plugin/plugin@{} (version {})",
-                p.file,
-                p.world.as_str(),
-                p.hash
+                "sdk: hookwasm-plugin {version}, older than this hookwasm's {current}; \
+                 bring the project's copy up to date with `hookwasm plugin update-sdk DIR` and rebuild"
             );
-            println!("imports:");
-            for i in &p.imports {
-                println!("  {i}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            println!("{e}");
-            Ok(ExitCode::FAILURE)
+        } else {
+            println!("sdk: hookwasm-plugin {version}");
         }
     }
+    println!("imports:");
+    for i in &p.imports {
+        println!("  {i}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The version of the Rust SDK a plugin was built with: the SDK's `export!`
+/// writes it into a custom section `hookwasm-plugin-sdk`. A byte search is
+/// enough (the section's name, preceded by its length, then the version's
+/// digits and dots); plugins built otherwise have none.
+fn sdk_version(wasm: &[u8]) -> Option<String> {
+    const NAME: &[u8] = b"\x13hookwasm-plugin-sdk";
+    let at = wasm.windows(NAME.len()).position(|w| w == NAME)? + NAME.len();
+    let version: String = wasm[at..]
+        .iter()
+        .take(32)
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|&b| b as char)
+        .collect();
+    (!version.is_empty()).then_some(version)
+}
+
+/// Whether version `a` is older than `b` (dotted numbers).
+fn older(a: &str, b: &str) -> bool {
+    let parse = |v: &str| -> Vec<u64> { v.split('.').map(|n| n.parse().unwrap_or(0)).collect() };
+    parse(a) < parse(b)
+}
+
+/// Loads a plugin, saying "compiling …" on stderr first: a Python or JavaScript
+/// component takes tens of seconds to compile the first time, and silence that
+/// long looks like a hang. On a terminal it is a spinner, cleared when done; to
+/// a file or a pipe, one plain line. (Later runs hit the compiled-code cache.)
+fn load_saying_so(
+    runtime: &Runtime,
+    name: &str,
+    bytes: &[u8],
+) -> Result<hookwasm::plugin::Plugin, hookwasm::plugin::LoadError> {
+    use std::io::IsTerminal;
+    if !bytes.starts_with(b"\0asm") {
+        // Not WebAssembly at all: the load says so at once, nothing to wait for.
+        return runtime.load(name, bytes);
+    }
+    let started = std::time::Instant::now();
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(format!("compiling {name} …"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        bar
+    });
+    if spinner.is_none() {
+        eprintln!("compiling {name} …");
+    }
+    let loaded = runtime.load(name, bytes);
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+        let took = started.elapsed();
+        if took > std::time::Duration::from_secs(1) {
+            eprintln!("compiled {name} in {:.1} s", took.as_secs_f64());
+        }
+    }
+    loaded
 }
 
 pub async fn receive(listen: &str, secret: Option<&str>, status: u16) -> Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! The `hookwasm` command line. Every error a person can cause ends here as one
 //! line naming the thing and what to do, with a non-zero exit.
 
+mod build;
 mod cli;
 mod scaffold;
 
@@ -116,6 +117,20 @@ enum PluginCommand {
     },
     /// Say whether a file is a plugin this host can load, and what it imports.
     Check { plugin: PathBuf },
+    /// Build the plugin project in a folder (Rust, Python or JavaScript, as
+    /// `plugin new` writes them) and print the path of the `.wasm`.
+    Build {
+        /// The project's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Replace a Rust plugin project's copy of the SDK (`hookwasm-plugin/`) with
+    /// this hookwasm's.
+    UpdateSdk {
+        /// The project's folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Write a new plugin project, ready to build and test.
     New {
         /// The plugin's name: lowercase letters, digits and `-`.
@@ -184,6 +199,20 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Plugin(PluginCommand::Check { plugin }) => cli::plugin_check(&plugin).await,
+            Command::Plugin(PluginCommand::Build { dir }) => {
+                for wasm in build::build(&dir)? {
+                    println!("{}", build::display_path(&wasm));
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Plugin(PluginCommand::UpdateSdk { dir }) => {
+                let (before, after) = scaffold::update_sdk(&dir)?;
+                println!(
+                    "updated the SDK in {} from {before} to {after}; rebuild the plugin",
+                    dir.join("hookwasm-plugin").display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Receive {
                 listen,
                 secret,

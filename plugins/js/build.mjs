@@ -1,5 +1,5 @@
 // Builds every plugin folder here (each with a plugin.js) into target/<name>.wasm,
-// a component for hookwasm:plugin/plugin@0.1.0 that imports only what hookwasm
+// a component for hookwasm:plugin/plugin@0.2.0 that imports only what hookwasm
 // provides (no wasi:http: the `http` and `fetch-event` features are off).
 import { componentize } from '@bytecodealliance/componentize-js';
 import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';

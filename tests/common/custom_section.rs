@@ -4,6 +4,11 @@
 
 /// `wasm` with a custom section named `hookwasm-variant` holding `tag`.
 pub fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
+    with_named_section(wasm, "hookwasm-variant", tag.as_bytes())
+}
+
+/// `wasm` with a custom section `name` holding `payload`, appended at the end.
+pub fn with_named_section(wasm: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (n & 0x7f) as u8;
@@ -15,14 +20,13 @@ pub fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
             out.push(byte | 0x80);
         }
     }
-    let name = b"hookwasm-variant";
-    let mut payload = Vec::new();
-    leb(name.len(), &mut payload);
-    payload.extend_from_slice(name);
-    payload.extend_from_slice(tag.as_bytes());
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name.as_bytes());
+    content.extend_from_slice(payload);
     let mut out = wasm.to_vec();
     out.push(0);
-    leb(payload.len(), &mut out);
-    out.extend_from_slice(&payload);
+    leb(content.len(), &mut out);
+    out.extend_from_slice(&content);
     out
 }

@@ -605,3 +605,35 @@ pub async fn wait_rows(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs `hookwasm` with `args` in the folder `cwd`, with extra environment
+/// variables; returns (exit code, stdout, stderr).
+pub fn run_in(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env(
+            "HOOKWASM_CACHE_DIR",
+            repo().join("target/test-plugin-cache"),
+        )
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of a plugin with a custom section `name` holding `payload` appended.
+pub fn with_section(src: &Path, name: &str, payload: &str) -> PathBuf {
+    let bytes =
+        custom_section::with_named_section(&std::fs::read(src).unwrap(), name, payload.as_bytes());
+    let out = std::env::temp_dir().join(format!(
+        "hookwasm-section-{}-{name}-{payload}.wasm",
+        std::process::id()
+    ));
+    std::fs::write(&out, bytes).unwrap();
+    out
+}

@@ -705,10 +705,30 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
         .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
     if !said.is_empty() {
-        let tail = said[said.len().saturating_sub(3)..].join(" / ");
+        // The line that names the error often comes before a stack trace, which
+        // the last lines alone would quote instead: componentize-js prints
+        // "… (received `Error: …`) …", then `Stack:`, frames and an abort notice.
+        // Such a line leads. (A Python exception's `ValueError: …` and a Rust
+        // panic's message are last, and in the tail anyway.)
+        fn names_error(line: &str) -> bool {
+            ["(received `", "Error: ", "Exception: ", "panicked at"]
+                .iter()
+                .any(|m| line.contains(m))
+        }
+        let tail_from = said.len().saturating_sub(3);
+        let mut quoted: Vec<&str> = Vec::new();
+        if let Some(named) = said[..tail_from].iter().rposition(|l| names_error(l))
+            && !said[tail_from..].iter().any(|l| names_error(l))
+        {
+            quoted.push(said[named].trim());
+            if named + 1 < tail_from {
+                quoted.push("…");
+            }
+        }
+        quoted.extend(said[tail_from..].iter().map(|l| l.trim()));
         what.push_str(&format!(
             "; the plugin printed: {}",
-            tail.chars().take(400).collect::<String>()
+            quoted.join(" / ").chars().take(400).collect::<String>()
         ));
     }
     what

@@ -20,11 +20,14 @@
 //! ```
 #![deny(missing_docs)]
 
-/// The bindings generated from the world `hookwasm:plugin/plugin@0.2.0`.
+/// The bindings generated from the world `hookwasm:plugin/plugin@0.2.0`. The WIT
+/// is the crate's own copy (`wit/plugin.wit`, byte for byte the released
+/// `wit/plugin-0.2.0/plugin.wit` of the repository, which a test checks), so the
+/// crate builds wherever it is copied or published.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/plugin-0.2.0",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
@@ -48,7 +51,31 @@ pub use bindings::hookwasm::plugin::types::{
 macro_rules! export {
     ($plugin:ident) => {
         $crate::bindings::__export_plugin_world!($plugin with_types_in $crate::bindings);
+
+        // The SDK's version, in a custom section of the component: `hookwasm plugin
+        // check` reads it to say when a project's copy of the SDK is older than the
+        // host's. Here rather than in the SDK so that it lands in the plugin's own
+        // object file, which the linker always keeps.
+        #[used]
+        #[cfg_attr(target_family = "wasm", unsafe(link_section = "hookwasm-plugin-sdk"))]
+        static __HOOKWASM_PLUGIN_SDK: [u8; $crate::SDK_VERSION.len()] = $crate::__sdk_version_bytes();
     };
+}
+
+/// This SDK's version, the `version` of its `Cargo.toml`.
+pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// [`SDK_VERSION`] as a byte array, for the custom section [`export!`] writes.
+#[doc(hidden)]
+pub const fn __sdk_version_bytes<const N: usize>() -> [u8; N] {
+    let version = SDK_VERSION.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = version[i];
+        i += 1;
+    }
+    out
 }
 
 /// Writes a line to the host's log, tagged with the client and the plugin.

@@ -1,6 +1,6 @@
 //! {{name}}: a hookwasm plugin. It turns each new feed entry into a short JSON
 //! message and skips every other event; change `handle` to do what your client
-//! needs. The plugin interface is documented in wit/plugin-0.2.0/plugin.wit.
+//! needs. The plugin interface is documented in hookwasm-plugin/wit/plugin.wit.
 
 use hookwasm_plugin::{Client, ClientExt, Error, Event, EventExt, Level, Plugin, Verdict};
 use serde_json::json;
@@ -26,11 +26,3 @@ fn headline(feed: &str, title: &str) -> String {
 }
 
 hookwasm_plugin::export!(Component);
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn headline() {
-        assert_eq!(super::headline("Press", "Winners"), "New in Press: Winners");
-    }
-}
