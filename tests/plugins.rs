@@ -1028,7 +1028,13 @@ fn run_with_cache(cache: &std::path::Path, args: &[&str]) -> (i32, String, Strin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_wall_clock_is_the_events_received_at() {
     let recv = Receiver::start().await;
-    let host = host_with_client(&recv, "clock", "plugin = \"misbehave.wasm\"\n[clients.config]\ndo = \"clock\"", &[("misbehave.wasm", plugin("misbehave"))]).await;
+    let host = host_with_client(
+        &recv,
+        "clock",
+        "plugin = \"misbehave.wasm\"\n[clients.config]\ndo = \"clock\"",
+        &[("misbehave.wasm", plugin("misbehave"))],
+    )
+    .await;
     assert_eq!(host.post(numbered(1)).await.0, 202);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(host.post(numbered(2)).await.0, 202);
@@ -1053,7 +1059,13 @@ async fn a_plugin_wall_clock_is_the_events_received_at() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_minimum_over_the_cap_is_a_memory_error() {
     let recv = Receiver::start().await;
-    let host = host_with_client(&recv, "small", "plugin = \"chat-message.wasm\"\n[clients.limits]\nmemory = \"1MiB\"", &[("chat-message.wasm", plugin("chat-message"))]).await;
+    let host = host_with_client(
+        &recv,
+        "small",
+        "plugin = \"chat-message.wasm\"\n[clients.limits]\nmemory = \"1MiB\"",
+        &[("chat-message.wasm", plugin("chat-message"))],
+    )
+    .await;
     assert_eq!(host.post(numbered(1)).await.0, 202);
     let rows = wait_rows(&host, "small", 1, |r| r["state"] == "plugin_error").await;
     let reason = rows[0]["reason"].as_str().unwrap();

@@ -162,6 +162,17 @@ enum ClientsCommand {
 fn main() -> ExitCode {
     let args = Args::parse();
     let quiet_default = matches!(args.command, Command::Plugin(_));
+    // Before any thread starts: taking the socket clears LISTEN_FDS.
+    let inherited = match &args.command {
+        Command::Serve { .. } => match cli::inherited_listener() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("hookwasm: {}", cli::one_line(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     cli::init_logging(quiet_default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -175,7 +186,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Serve { config } => cli::serve(&config).await,
+            Command::Serve { config } => cli::serve(&config, inherited).await,
             Command::Plugin(PluginCommand::Test {
                 plugin,
                 event,

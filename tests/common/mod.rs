@@ -580,7 +580,10 @@ pub async fn host_with_client(
     extra: &str,
     plugins: &[(&str, PathBuf)],
 ) -> Host {
-    let config = format!("{LOOPBACK}{}", client(id, &recv.url(&format!("/{id}")), extra));
+    let config = format!(
+        "{LOOPBACK}{}",
+        client(id, &recv.url(&format!("/{id}")), extra)
+    );
     Host::start(&config, plugins).await
 }
 
