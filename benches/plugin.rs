@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::Criterion;
 use hookwasm::config::PluginLimits;
-use hookwasm::event::{Event, new_event_id};
+use hookwasm::event::Event;
+use hookwasm::model::new_event_id;
 use hookwasm::plugin::{CallContext, Runtime, RuntimeOptions};
 
 fn repo() -> PathBuf {

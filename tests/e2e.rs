@@ -152,7 +152,7 @@ async fn both_formats_reach_each_client_transformed_by_its_plugin() {
         );
         assert!(got.header("webhook-id").starts_with("msg_"));
         let ts: i64 = got.header("webhook-timestamp").parse().unwrap();
-        assert!((ts - hookwasm::store::now_ms() / 1000).abs() < 120);
+        assert!((ts - hookwasm::model::now_ms() / 1000).abs() < 120);
     }
     // Nothing more arrives: one delivery per subscribed client, none for `off`.
     tokio::time::sleep(Duration::from_millis(500)).await;

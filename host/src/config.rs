@@ -6,7 +6,6 @@
 //! against the config file's folder so the host behaves the same from any working
 //! directory. Nothing here touches the network, the store or the plugins.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -273,8 +272,10 @@ struct RawClient {
     events: Vec<String>,
     secret: Option<OneOrMany>,
     enabled: Option<bool>,
+    /// In the order of the file (toml's `preserve_order`): the WIT promises
+    /// plugins the entries as written.
     #[serde(default)]
-    config: BTreeMap<String, toml::Value>,
+    config: toml::Table,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -946,6 +947,20 @@ mod tests {
         assert!(
             err("[delivery]\nretry_schedule = [\"500000000000years\"]").contains("retry_schedule")
         );
+    }
+
+    #[test]
+    fn a_clients_config_keeps_the_order_of_the_file() {
+        let c = parse(
+            "[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\n[clients.config]\nzeta = \"1\"\nalpha = \"2\"\nmid = 3\n",
+        )
+        .unwrap();
+        let keys: Vec<&str> = c.clients[0]
+            .config
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["zeta", "alpha", "mid"]);
     }
 
     #[test]

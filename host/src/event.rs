@@ -7,8 +7,9 @@
 //! `Option`s. The original bytes are kept untouched: they are what a client without
 //! a plugin receives and what plugins read as `json`.
 //!
-//! Only `new_feed_entry` has a typed view so far; every other event is accepted
-//! with its envelope checked and reaches plugins as `other`.
+//! Every event Phraseanet 4.1 sends has a typed view ([`Payload`]); an event of
+//! another name is accepted with its envelope checked and reaches plugins as
+//! `other`, with its JSON. A body that is not UTF-8 anywhere is refused.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -387,7 +388,7 @@ impl Event {
                 users_were_notified: q.users_were_notified,
             })),
             source,
-            received_at: now_ms(),
+            received_at: crate::model::now_ms(),
         })
     }
 
@@ -440,20 +441,9 @@ impl Event {
             raw,
             payload,
             source,
-            received_at: now_ms(),
+            received_at: crate::model::now_ms(),
         })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A fresh, time-ordered event id.
-pub fn new_event_id() -> String {
-    format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
 /// For a body that is valid JSON but not an object, what it is instead.

@@ -1,16 +1,25 @@
 //! hookwasm: Phraseanet events in, per-client WebAssembly plugins, signed HTTP
 //! deliveries out.
 //!
-//! The modules follow an event's path: [`ingest`] (HTTP in) → [`store`] (durable)
-//! → [`plugin`] (render) → [`deliver`] (HTTP out). [`config`] and [`event`] are
-//! shared by all of them; [`serve`] runs them together until told to stop.
+//! The modules follow an event's path, each entered once:
+//!
+//! ```text
+//! api (HTTP in) → event (parse) → route (which clients) → queue/store (durable)
+//!   → deliver: claim (queue) → render (plugin) → attempt (http, sign, retry)
+//! ```
+//!
+//! [`model`] holds the types the stages share, [`config`] the checked
+//! configuration; [`run`] wires the stages together under one cancellation
+//! token until told to stop.
 
+pub mod api;
 pub mod config;
 pub mod deliver;
 pub mod event;
-pub mod ingest;
-pub mod listen;
+pub mod model;
 pub mod plugin;
+pub mod queue;
+pub mod route;
 pub mod store;
 pub mod text;
 
@@ -18,14 +27,23 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
 
 /// Runs the host on `listener` until `shutdown` completes, then stops taking
 /// events, lets attempts in flight finish, and returns once all is recorded.
-pub async fn serve(
+///
+/// One token carries the stop to every stage: the HTTP side stops accepting and
+/// finishes its requests, the plugin folder is no longer watched, and the
+/// workers take no new attempt and wait for the ones in flight. What is left
+/// ends with its owner: the store's writer when the last handle is dropped
+/// (after a final flush), the engine's epoch ticker with the engine — plugin
+/// calls still running need their deadlines until then.
+pub async fn run(
     config: config::Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let cancel = CancellationToken::new();
     let store = store::Store::open(&config.store.path)?;
     let runtime = Arc::new(
         plugin::Runtime::new(plugin::RuntimeOptions {
@@ -42,7 +60,7 @@ pub async fn serve(
         runtime,
     ));
     registry.load_all().await?;
-    let _watch = registry.watch()?;
+    registry.watch(cancel.clone())?;
     for c in &config.clients {
         if let Some(file) = &c.plugin
             && let plugin::registry::Lookup::Missing = registry.get(file)
@@ -51,18 +69,22 @@ pub async fn serve(
         }
     }
 
-    let dispatcher = Arc::new(deliver::Dispatcher::new(
-        &config.clients,
-        &store,
-        &registry,
-    )?);
-    dispatcher.start(&store);
+    let enabled = config.clients.iter().filter(|c| c.enabled);
+    let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(
+        store.clone(),
+        enabled.map(|c| c.id.as_str()),
+    ));
+    let dispatcher = Arc::new(
+        deliver::Dispatcher::new(&config.clients, queue.clone(), &registry, cancel.clone()).await?,
+    );
+    dispatcher.start();
 
-    let app = ingest::router(Arc::new(ingest::Ingest {
+    let app = api::router(Arc::new(api::Api {
         token: config.server.ingest_token.clone(),
         max_body: config.server.max_body,
         body_timeout: config.server.body_timeout,
-        store: store.clone(),
+        routes: route::Routes::new(&config.clients),
+        queue: queue.clone(),
         dispatcher: dispatcher.clone(),
         registry: registry.clone(),
     }));
@@ -71,17 +93,22 @@ pub async fn serve(
         plugins = %config.plugins.dir.display(), store = %config.store.path.display(),
         "hookwasm {} serving", env!("CARGO_PKG_VERSION")
     );
-    let limits = listen::Limits {
+    let limits = api::listen::Limits {
         header_timeout: config.server.header_timeout,
         idle_timeout: config.server.idle_timeout,
         max_connections: config.server.max_connections,
     };
-    listen::raise_fd_limit(limits.max_connections);
-    listen::serve(listener, app, limits, shutdown).await;
+    api::listen::raise_fd_limit(limits.max_connections);
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    api::listen::serve(listener, app, limits, cancel.cancelled()).await;
 
     tracing::info!("stopping: finishing the attempts in flight");
-    dispatcher.shutdown().await;
-    store.flush().await;
+    dispatcher.finished().await;
+    queue.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

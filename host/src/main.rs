@@ -1,9 +1,7 @@
 //! The `hookwasm` command line. Every error a person can cause ends here as one
 //! line naming the thing and what to do, with a non-zero exit.
 
-mod build;
 mod cli;
-mod scaffold;
 
 // glibc's allocator spent a fifth of the host's time under load (many small,
 // short-lived buffers across threads); mimalloc handles that pattern far better.
@@ -79,7 +77,7 @@ enum Command {
         #[arg(long)]
         since: Option<String>,
     },
-    /// Ingest a file of events, one JSON document per line, into the store.
+    /// Post a file of events, one JSON document per line, to the running host.
     Ingest {
         #[arg(long)]
         config: PathBuf,
@@ -164,7 +162,7 @@ fn main() -> ExitCode {
     let quiet_default = matches!(args.command, Command::Plugin(_));
     // Before any thread starts: taking the socket clears LISTEN_FDS.
     let inherited = match &args.command {
-        Command::Serve { .. } => match cli::inherited_listener() {
+        Command::Serve { .. } => match cli::serve::inherited_listener() {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("hookwasm: {}", cli::one_line(&e));
@@ -186,7 +184,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match args.command {
-            Command::Serve { config } => cli::serve(&config, inherited).await,
+            Command::Serve { config } => cli::serve::serve(&config, inherited).await,
             Command::Plugin(PluginCommand::Test {
                 plugin,
                 event,
@@ -195,29 +193,33 @@ fn main() -> ExitCode {
                 config,
                 client,
             }) => match (event, events) {
-                (Some(event), _) => cli::plugin_test(&plugin, &event, &config, &client).await,
+                (Some(event), _) => {
+                    cli::plugin::plugin_test(&plugin, &event, &config, &client).await
+                }
                 (None, Some(dir)) => {
-                    cli::plugin_test_folder(&plugin, &dir, &config, &client, update).await
+                    cli::plugin::plugin_test_folder(&plugin, &dir, &config, &client, update).await
                 }
                 (None, None) => unreachable!("clap requires one"),
             },
             Command::Plugin(PluginCommand::New { name, lang, dir }) => {
-                let made = scaffold::new_plugin(&name, &lang, &dir)?;
+                let made = cli::scaffold::new_plugin(&name, &lang, &dir)?;
                 println!(
                     "created {} ({lang}); its README says how to build and test it",
                     made.display()
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Plugin(PluginCommand::Check { plugin }) => cli::plugin_check(&plugin).await,
+            Command::Plugin(PluginCommand::Check { plugin }) => {
+                cli::plugin::plugin_check(&plugin).await
+            }
             Command::Plugin(PluginCommand::Build { dir }) => {
-                for wasm in build::build(&dir)? {
-                    println!("{}", build::display_path(&wasm));
+                for wasm in cli::build::build(&dir)? {
+                    println!("{}", cli::build::display_path(&wasm));
                 }
                 Ok(ExitCode::SUCCESS)
             }
             Command::Plugin(PluginCommand::UpdateSdk { dir }) => {
-                let (before, after) = scaffold::update_sdk(&dir)?;
+                let (before, after) = cli::scaffold::update_sdk(&dir)?;
                 println!(
                     "updated the SDK in {} from {before} to {after}; rebuild the plugin",
                     dir.join("hookwasm-plugin").display()
@@ -228,21 +230,21 @@ fn main() -> ExitCode {
                 listen,
                 secret,
                 status,
-            } => cli::receive(&listen, secret.as_deref(), status).await,
+            } => cli::receive::receive(&listen, secret.as_deref(), status).await,
             Command::Deliveries {
                 config,
                 client,
                 state,
                 limit,
                 json,
-            } => cli::deliveries(&config, client.as_deref(), state.as_deref(), limit, json),
+            } => cli::store::deliveries(&config, client.as_deref(), state.as_deref(), limit, json),
             Command::Replay {
                 config,
                 delivery,
                 client,
                 since,
             } => {
-                cli::replay(
+                cli::store::replay(
                     &config,
                     delivery.as_deref(),
                     client.as_deref(),
@@ -250,10 +252,10 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Ingest { config, file } => cli::ingest(&config, &file).await,
-            Command::Clients(ClientsCommand::List { config }) => cli::clients_list(&config),
+            Command::Ingest { config, file } => cli::store::ingest(&config, &file).await,
+            Command::Clients(ClientsCommand::List { config }) => cli::store::clients_list(&config),
             Command::Clients(ClientsCommand::Enable { id, config }) => {
-                cli::clients_enable(&config, &id).await
+                cli::store::clients_enable(&config, &id).await
             }
         }
     });

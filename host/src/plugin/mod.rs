@@ -31,11 +31,21 @@
 //!
 //! Not here: which file serves which client, and hot reload (`registry`).
 
+#[macro_use]
+mod world;
 mod cache;
 mod capture;
+mod error;
+mod instance;
+mod output;
 pub mod registry;
 mod v0_1;
 mod v0_2;
+
+pub use error::{LoadError, PluginError};
+pub use instance::HostState;
+use instance::{CoarseClock, EventClock, Instance, Limiter, LogTag, Warm};
+use output::check_output;
 
 #[doc(hidden)]
 pub use v0_2::Bare;
@@ -48,11 +58,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
 
 use crate::config::PluginLimits;
 use crate::event::Event;
-use crate::text::{cut, escape};
+use crate::model::Rendered;
 
 use capture::Capture;
 
@@ -134,201 +144,6 @@ pub struct CallContext<'a> {
 pub enum Verdict {
     Deliver(Rendered),
     Skip(String),
-}
-
-/// A request body and headers as a plugin rendered them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rendered {
-    pub body: Vec<u8>,
-    pub content_type: Option<String>,
-    pub headers: Vec<(String, String)>,
-}
-
-/// Why a plugin could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("not a WebAssembly component: {0}")]
-    NotComponent(String),
-    #[error(
-        "does not export a supported plugin world (found exports: {found}; supported: {supported})"
-    )]
-    NoWorld { found: String, supported: String },
-    #[error("does not fit world {version}: {reason}")]
-    Mismatch {
-        version: &'static str,
-        reason: String,
-    },
-}
-
-/// Why one call did not produce a verdict. The delivery is held, never sent raw.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PluginError {
-    #[error("the plugin says the event is invalid: {0}")]
-    InvalidEvent(String),
-    #[error("the plugin says the client's config is invalid: {0}")]
-    InvalidConfig(String),
-    #[error("the plugin failed: {0}")]
-    Failed(String),
-    #[error("the plugin ran past its deadline of {0:?}")]
-    Deadline(Duration),
-    #[error("the plugin tried to grow its memory past the cap of {0} bytes")]
-    Memory(usize),
-    #[error("the plugin trapped: {0}")]
-    Trap(String),
-    #[error("the plugin's answer was refused: {0}")]
-    BadOutput(String),
-}
-
-impl PluginError {
-    /// The same error with its message cut to `max` bytes: a plugin's text is
-    /// stored with every delivery and logged, so it is bounded like its body.
-    pub fn capped(self, max: usize) -> PluginError {
-        match self {
-            PluginError::InvalidEvent(m) => PluginError::InvalidEvent(cut(m, max)),
-            PluginError::InvalidConfig(m) => PluginError::InvalidConfig(cut(m, max)),
-            PluginError::Failed(m) => PluginError::Failed(cut(m, max)),
-            PluginError::Trap(m) => PluginError::Trap(cut(m, max)),
-            PluginError::BadOutput(m) => PluginError::BadOutput(cut(m, max)),
-            other => other,
-        }
-    }
-
-    /// A short machine-readable kind, as stored with the delivery.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PluginError::InvalidEvent(_) => "invalid-event",
-            PluginError::InvalidConfig(_) => "invalid-config",
-            PluginError::Failed(_) => "failed",
-            PluginError::Deadline(_) => "deadline",
-            PluginError::Memory(_) => "memory",
-            PluginError::Trap(_) => "trap",
-            PluginError::BadOutput(_) => "bad-output",
-        }
-    }
-}
-
-/// Per-instance state inside a `Store`. An instance serves one client only.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: Limiter,
-    log: LogTag,
-    stdout: Capture,
-    stderr: Capture,
-    /// What the guest's wall clock reads: the current event's `received_at` (ms).
-    now: Arc<AtomicI64>,
-}
-
-/// The wall clock a plugin sees: the time the event was received, fixed for the
-/// whole call.
-struct EventClock(Arc<AtomicI64>);
-
-impl wasmtime_wasi::HostWallClock for EventClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_millis(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::from_millis(self.0.load(std::sync::atomic::Ordering::Relaxed).max(0) as u64)
-    }
-}
-
-/// A monotonic clock in whole milliseconds: enough to measure, too coarse to
-/// time the host's work from inside.
-struct CoarseClock(std::time::Instant);
-
-impl wasmtime_wasi::HostMonotonicClock for CoarseClock {
-    fn resolution(&self) -> u64 {
-        1_000_000
-    }
-    fn now(&self) -> u64 {
-        let ns = self.0.elapsed().as_nanos() as u64;
-        ns - ns % 1_000_000
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Caps linear memory and remembers that it did, so the trap that follows is
-/// reported as a memory error rather than whatever the guest did on failure.
-struct Limiter {
-    memory: usize,
-    hit: bool,
-}
-
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _max: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
-    }
-}
-
-/// Tags and counts a call's log lines.
-struct LogTag {
-    client: String,
-    plugin: String,
-    lines: usize,
-    max: usize,
-    dropped: usize,
-}
-
-impl LogTag {
-    fn emit(&mut self, level: tracing::Level, message: &str) {
-        if self.lines >= self.max {
-            self.dropped += 1;
-            return;
-        }
-        self.lines += 1;
-        // Cut a long line at a character boundary; a short one costs nothing.
-        let mut end = message.len().min(2000);
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        let message = escape(&message[..end]);
-        let (client, plugin) = (&self.client, &self.plugin);
-        match level {
-            tracing::Level::ERROR => tracing::error!(target: "plugin", client, plugin, "{message}"),
-            tracing::Level::WARN => tracing::warn!(target: "plugin", client, plugin, "{message}"),
-            tracing::Level::INFO => tracing::info!(target: "plugin", client, plugin, "{message}"),
-            tracing::Level::DEBUG => tracing::debug!(target: "plugin", client, plugin, "{message}"),
-            tracing::Level::TRACE => tracing::trace!(target: "plugin", client, plugin, "{message}"),
-        }
-    }
-}
-
-/// An instantiated plugin, kept warm between calls for one client.
-struct Warm {
-    store: Store<HostState>,
-    instance: Instance,
-    calls: u32,
-}
-
-enum Instance {
-    V0_1(v0_1::Plugin),
-    V0_2(v0_2::Plugin),
 }
 
 /// How the runtime keeps compiled code and instances.
@@ -734,100 +549,6 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[String]) -> String {
     what
 }
 
-/// Headers the host sets itself, and those a receiver's stack reads as such.
-const RESERVED_HEADERS: &[&str] = &["content-type", "content-length", "host", "user-agent"];
-
-/// Hop-by-hop headers: they speak about the connection, not the delivery.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-];
-
-/// Why a plugin may not send header `name`, if it may not.
-fn refused_header(name: &str) -> Option<&'static str> {
-    // CGI, PHP and WSGI turn `-` and `_` into the same variable name, so
-    // `webhook_signature` would reach a receiver as `webhook-signature`.
-    let n = name.to_ascii_lowercase().replace('_', "-");
-    if RESERVED_HEADERS.contains(&n.as_str()) || n.starts_with("webhook-") {
-        Some("the host's to set (or reads as one of those once `_` is taken for `-`)")
-    } else if HOP_BY_HOP.contains(&n.as_str()) || n.starts_with("proxy-") {
-        Some("a hop-by-hop header")
-    } else {
-        None
-    }
-}
-
-/// Visible ASCII, with spaces and tabs inside: what every receiver reads the same.
-fn visible_ascii(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) || b == b'\t')
-}
-
-/// Checks a plugin's answer against the client's limits and the header rules;
-/// cuts a skip reason to `max_reason`.
-fn check_output(verdict: Verdict, limits: &PluginLimits) -> Result<Verdict, PluginError> {
-    let r = match verdict {
-        Verdict::Skip(reason) => return Ok(Verdict::Skip(cut(reason, limits.max_reason))),
-        Verdict::Deliver(r) => r,
-    };
-    let refuse = |msg: String| Err(PluginError::BadOutput(cut(msg, limits.max_reason)));
-    let shown = |s: &str| escape(&cut(s.to_string(), 64)).into_owned();
-    if r.body.len() > limits.max_output {
-        return refuse(format!(
-            "the body is {} bytes, over the limit of {}",
-            r.body.len(),
-            limits.max_output
-        ));
-    }
-    if r.headers.len() > limits.max_headers {
-        return refuse(format!(
-            "{} headers, over the limit of {}",
-            r.headers.len(),
-            limits.max_headers
-        ));
-    }
-    let mut total = r.content_type.as_ref().map_or(0, String::len);
-    for (name, value) in &r.headers {
-        total += name.len() + value.len();
-        if total > limits.max_header_bytes {
-            return refuse(format!(
-                "the headers are over the limit of {} bytes (max_header_bytes)",
-                limits.max_header_bytes
-            ));
-        }
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return refuse(format!("`{}` is not a valid header name", shown(name)));
-        }
-        if let Some(why) = refused_header(name) {
-            return refuse(format!("header `{}` is {why}", shown(name)));
-        }
-        if !visible_ascii(value) {
-            return refuse(format!(
-                "the value of header `{}` is not visible ASCII",
-                shown(name)
-            ));
-        }
-    }
-    if let Some(ct) = &r.content_type {
-        if total > limits.max_header_bytes {
-            return refuse(format!(
-                "the content type is over the limit of {} bytes (max_header_bytes)",
-                limits.max_header_bytes
-            ));
-        }
-        if !visible_ascii(ct) || ct.trim().is_empty() {
-            return refuse(format!("content type {:?} is not visible ASCII", shown(ct)));
-        }
-    }
-    Ok(Verdict::Deliver(r))
-}
-
 impl Runtime {
     /// A warm instance of a 0.2.0 `plugin` with `event` ready, for the benchmark
     /// of a bare call.
@@ -872,90 +593,4 @@ fn one_line(msg: &str) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deliver(headers: &[(&str, &str)], content_type: Option<&str>) -> Verdict {
-        Verdict::Deliver(Rendered {
-            body: b"{}".to_vec(),
-            content_type: content_type.map(str::to_string),
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        })
-    }
-
-    fn refused(v: Verdict) -> String {
-        match check_output(v, &PluginLimits::default()) {
-            Err(PluginError::BadOutput(m)) => m,
-            other => panic!("accepted: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn look_alike_and_hop_by_hop_headers_are_refused() {
-        for name in [
-            "webhook_signature",
-            "Webhook-Id",
-            "webhook_id",
-            "content_length",
-            "Content-Type",
-            "HOST",
-            "user_agent",
-            "connection",
-            "upgrade",
-            "te",
-            "trailer",
-            "keep-alive",
-            "keep_alive",
-            "expect",
-            "proxy-authorization",
-            "proxy_connection",
-            "transfer-encoding",
-        ] {
-            let m = refused(deliver(&[(name, "x")], None));
-            assert!(m.contains(name), "{name}: {m}");
-        }
-        assert!(
-            check_output(
-                deliver(&[("x-chat-channel", "#press")], None),
-                &PluginLimits::default()
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn header_values_must_be_visible_ascii_and_bounded() {
-        assert!(refused(deliver(&[("x-a", "caf\u{e9}")], None)).contains("visible ASCII"));
-        assert!(refused(deliver(&[("x-a", "a\u{1}b")], None)).contains("visible ASCII"));
-        assert!(refused(deliver(&[], Some("text/plain\u{7f}"))).contains("content type"));
-        let big = "v".repeat(9000);
-        assert!(refused(deliver(&[("x-a", &big)], None)).contains("max_header_bytes"));
-        assert!(refused(deliver(&[], Some(&big))).contains("max_header_bytes"));
-        let many: Vec<(String, String)> = (0..20)
-            .map(|i| (format!("x-{i}"), "v".repeat(500)))
-            .collect();
-        let v = Verdict::Deliver(Rendered {
-            body: vec![],
-            content_type: None,
-            headers: many,
-        });
-        assert!(refused(v).contains("max_header_bytes"));
-    }
-
-    #[test]
-    fn reasons_and_messages_are_cut() {
-        let limits = PluginLimits::default();
-        match check_output(Verdict::Skip("r".repeat(1 << 20)), &limits).unwrap() {
-            Verdict::Skip(r) => assert!(r.len() <= limits.max_reason, "{}", r.len()),
-            v => panic!("{v:?}"),
-        }
-        let e = PluginError::Failed("m".repeat(1 << 20)).capped(limits.max_reason);
-        assert!(e.to_string().len() < limits.max_reason + 64);
-    }
 }

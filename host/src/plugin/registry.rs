@@ -164,8 +164,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Watches the folder until the returned guard is dropped.
-    pub fn watch(self: &Arc<Self>) -> anyhow::Result<WatchGuard> {
+    /// Watches the folder until `cancel` is cancelled.
+    pub fn watch(
+        self: &Arc<Self>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -186,11 +189,16 @@ impl Registry {
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(|e| anyhow::anyhow!("cannot watch plugins.dir {}: {e}", self.dir.display()))?;
-        let task = tokio::spawn(self.clone().debounce(rx));
-        Ok(WatchGuard {
-            _watcher: watcher,
-            task,
-        })
+        let me = self.clone();
+        tokio::spawn(async move {
+            // The watcher lives as long as this task.
+            let _watcher = watcher;
+            tokio::select! {
+                _ = me.debounce(rx) => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+        Ok(())
     }
 
     /// Reads each changed file once it is quiet, or once it has waited
@@ -437,16 +445,4 @@ fn changes_content(kind: &notify::EventKind) -> bool {
 
 fn is_plugin_file(name: &str) -> bool {
     name.ends_with(".wasm") && !name.starts_with('.')
-}
-
-/// Keeps the folder watched while alive.
-pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

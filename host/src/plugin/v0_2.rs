@@ -3,9 +3,8 @@
 //! once released, like `v0_1`.
 
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, Linker};
 
-use super::{CallContext, HostState, PluginError, Rendered, Verdict};
+use super::{CallContext, HostState, PluginError, Verdict};
 use crate::event::{self as ev, Event, Payload as P};
 
 wasmtime::component::bindgen!({
@@ -15,24 +14,7 @@ wasmtime::component::bindgen!({
 
 use self::hookwasm::plugin::types as t;
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
-}
-
-impl self::hookwasm::plugin::types::Host for HostState {}
-
-impl self::hookwasm::plugin::host::Host for HostState {
-    fn log(&mut self, level: t::Level, message: String) {
-        let level = match level {
-            t::Level::Trace => tracing::Level::TRACE,
-            t::Level::Debug => tracing::Level::DEBUG,
-            t::Level::Info => tracing::Level::INFO,
-            t::Level::Warn => tracing::Level::WARN,
-            t::Level::Error => tracing::Level::ERROR,
-        };
-        self.log.emit(level, &message);
-    }
-}
+world_glue!();
 
 /// Calls an instance. The outer error is a trap; the inner one the plugin's.
 pub fn call(
@@ -50,17 +32,7 @@ pub fn call(
     let answer = instance
         .hookwasm_plugin_handler()
         .call_handle(&mut *store, &ev, &client)?;
-    Ok(match answer {
-        Ok(t::Verdict::Deliver(d)) => Ok(Verdict::Deliver(Rendered {
-            body: d.body,
-            content_type: d.content_type,
-            headers: d.headers,
-        })),
-        Ok(t::Verdict::Skip(reason)) => Ok(Verdict::Skip(reason)),
-        Err(t::Error::InvalidEvent(m)) => Err(PluginError::InvalidEvent(m)),
-        Err(t::Error::InvalidConfig(m)) => Err(PluginError::InvalidConfig(m)),
-        Err(t::Error::Failed(m)) => Err(PluginError::Failed(m)),
-    })
+    Ok(from_wit(answer))
 }
 
 fn asset(a: &ev::Asset) -> t::Asset {

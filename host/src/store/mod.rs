@@ -7,7 +7,7 @@
 //! is on disk. Reads use their own connection; WAL lets them run beside the writer,
 //! and lets the command line inspect a store a running host is using.
 //!
-//! A delivery moves through these states (see [`State`]):
+//! A delivery moves through these states (see [`crate::model::State`]):
 //!
 //! ```text
 //! pending ─┬─> delivered | skipped           (rendered and sent, or the plugin said skip)
@@ -19,165 +19,43 @@
 //! The plugin's output is stored with the first attempt, with the plugin version
 //! (content hash) that produced it, so every retry resends the same bytes.
 //!
-//! ## Towards several hosts on PostgreSQL
-//!
-//! Everything the rest of the host needs is the API of [`Store`]: `ingest` (with a
-//! hook run after commit, in commit order), `update` (returns when committed), and
-//! the work loaders `load_pending`, `load_parked`, `load_due_retries`. A
-//! PostgreSQL back end keeps that API and changes how work is found: the loaders
-//! become *claims* — `UPDATE deliveries SET lease_owner = $host, lease_until =
-//! now() + $lease WHERE seq IN (SELECT seq … ORDER BY seq LIMIT $n FOR UPDATE SKIP
-//! LOCKED) RETURNING …` — so two hosts never take the same delivery, and a host
-//! that dies lets its leases run out. The after-commit hook, which here feeds the
-//! local workers directly, becomes a `NOTIFY` that wakes whichever host holds the
-//! client. Ingest, plugins and delivery do not change.
+//! The store knows rows, not work: which deliveries a worker may take, and in
+//! what order, is the queue's business (`crate::queue`), whose SQLite
+//! implementation reads through the loaders here. It knows nothing of plugins or
+//! HTTP either.
 
 pub mod inspect;
 mod schema;
 
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+use crate::model::Rendered;
+use crate::model::{Job, NewDelivery, StoredRender, Update};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::event::Event;
-use crate::plugin::Rendered;
 
-/// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Pending,
-    Held,
-    PluginError,
-    Retrying,
-    Delivered,
-    Skipped,
-    Failed,
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is closed")]
+    Closed,
+    /// The write's transaction failed (the message is SQLite's).
+    #[error("the store could not commit: {0}")]
+    Write(String),
+    #[error("the store could not be read: {0}")]
+    Read(#[from] rusqlite::Error),
+    #[error("delivery {id}: its stored event no longer parses: {reason}")]
+    Corrupt { id: String, reason: String },
 }
 
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Held => "held",
-            State::PluginError => "plugin_error",
-            State::Retrying => "retrying",
-            State::Delivered => "delivered",
-            State::Skipped => "skipped",
-            State::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        Some(match s {
-            "pending" => State::Pending,
-            "held" => State::Held,
-            "plugin_error" => State::PluginError,
-            "retrying" => State::Retrying,
-            "delivered" => State::Delivered,
-            "skipped" => State::Skipped,
-            "failed" => State::Failed,
-            _ => return None,
-        })
-    }
-}
-
-/// Milliseconds since the Unix epoch: the store's clock.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A delivery to create with an event.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    /// `msg_…`: the `webhook-id` the client sees on every attempt.
-    pub id: String,
-    pub client_id: String,
-}
-
-/// A fresh, time-ordered delivery id.
-pub fn new_delivery_id() -> String {
-    format!("msg_{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-/// A delivery as the workers handle it.
-#[derive(Debug, Clone)]
-pub struct Job {
-    /// Commit order; per client, first attempts follow it.
-    pub seq: i64,
-    pub id: String,
-    pub client_id: String,
-    pub event: Arc<Event>,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// The stored rendering, once the plugin ran (or the event went out as is).
-    pub rendered: Option<StoredRender>,
-}
-
-/// What was rendered for a delivery and by which plugin version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRender {
-    pub request: Rendered,
-    /// `file@hash` of the plugin, `None` for a client without a plugin.
-    pub plugin: Option<String>,
-}
-
-/// One HTTP attempt.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub started_at: i64,
-    pub duration_ms: i64,
-    pub status: Option<u16>,
-    /// `timeout`, `connect`, `blocked`, `status`, … (`None` on success).
-    pub error_kind: Option<String>,
-    pub error: Option<String>,
-    /// The first few KiB of the answer's body.
-    pub response: Option<String>,
-}
-
-/// A change to one delivery.
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub seq: i64,
-    pub state: State,
-    pub reason: Option<String>,
-    /// Set once, when the delivery is first rendered.
-    pub render: Option<StoredRender>,
-    pub attempt: Option<Attempt>,
-    pub next_attempt_at: Option<i64>,
-    /// `file@hash` of the plugin involved, for held and plugin_error rows.
-    pub plugin: Option<String>,
-    /// `render`'s body is the event's own bytes (stored once, with the event).
-    pub render_is_event_body: bool,
-}
-
-impl Update {
-    pub fn new(seq: i64, state: State) -> Update {
-        Update {
-            seq,
-            state,
-            reason: None,
-            render: None,
-            attempt: None,
-            next_attempt_at: None,
-            plugin: None,
-            render_is_event_body: false,
-        }
-    }
-}
-
-/// What a sweep of the store found.
-pub struct Sweep {
-    /// (client, soonest retry in ms) for every client with a retry scheduled.
-    pub retries: Vec<(String, i64)>,
-    /// Clients with held deliveries.
-    pub held: Vec<String>,
-}
+/// (client, soonest retry in ms) for every client with a retry scheduled.
+pub type DueRetries = Vec<(String, i64)>;
 
 /// Makes the store private to the host's user, whatever the umask: every event
 /// (subscribers' e-mail addresses included) is in it. A new folder is created
@@ -222,7 +100,9 @@ fn private_files(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs on the writer thread right after an ingest commits, in commit order.
+/// Runs on the writer thread right after an ingest commits, in commit order: how
+/// the queue learns of new work in the order it was committed. It must be quick
+/// (it holds up the next commit) and must not call the store.
 pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
 
 enum Op {
@@ -231,9 +111,9 @@ enum Op {
         received_at: i64,
         deliveries: Vec<NewDelivery>,
         after: Option<AfterCommit>,
-        done: oneshot::Sender<Result<Vec<i64>, String>>,
+        done: oneshot::Sender<Result<Vec<i64>, StoreError>>,
     },
-    Update(Box<Update>, Option<oneshot::Sender<Result<(), String>>>),
+    Update(Box<Update>, Option<oneshot::Sender<Result<(), StoreError>>>),
     Client {
         client_id: String,
         disabled: Option<String>,
@@ -241,7 +121,7 @@ enum Op {
     },
     Replay {
         seqs: Vec<i64>,
-        done: oneshot::Sender<Result<usize, String>>,
+        done: oneshot::Sender<Result<usize, StoreError>>,
     },
     Flush(oneshot::Sender<()>),
 }
@@ -282,7 +162,7 @@ impl Store {
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
         after: Option<AfterCommit>,
-    ) -> Result<Vec<i64>, String> {
+    ) -> Result<Vec<i64>, StoreError> {
         let (done, rx) = oneshot::channel();
         let op = Op::Ingest {
             received_at: event.received_at,
@@ -291,19 +171,17 @@ impl Store {
             after,
             done,
         };
-        self.tx
-            .send(op)
-            .map_err(|_| "the store is closed".to_string())?;
-        rx.await.map_err(|_| "the store is closed".to_string())?
+        self.tx.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records `update`; returns once it is committed.
-    pub async fn update(&self, update: Update) -> Result<(), String> {
+    pub async fn update(&self, update: Update) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Op::Update(Box::new(update), Some(done)))
-            .map_err(|_| "the store is closed".to_string())?;
-        rx.await.map_err(|_| "the store is closed".to_string())?
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records `update` without waiting for the commit.
@@ -328,12 +206,12 @@ impl Store {
 
     /// Puts deliveries back to be sent again: their stored rendering is kept and a
     /// new attempt is due now. Returns how many were found.
-    pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, String> {
+    pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, StoreError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Op::Replay { seqs, done })
-            .map_err(|_| "the store is closed".to_string())?;
-        rx.await.map_err(|_| "the store is closed".to_string())?
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Returns once everything sent to the store before the call is committed.
@@ -345,7 +223,18 @@ impl Store {
     }
 
     /// Blocking: a client's pending deliveries with `seq > after`, in order.
-    pub fn load_pending(&self, client_id: &str, after: i64, limit: usize) -> Result<Vec<Job>> {
+    //
+    // The loaders' predicates repeat the partial indexes' own (`state IN
+    // ('pending', 'held', 'plugin_error')` beside `state = 'pending'`, say): SQLite
+    // uses a partial index only when the query's WHERE contains the index's
+    // WHERE term for term, and these reads must stay on the small indexes of
+    // unfinished work, never the whole table.
+    pub fn load_pending(
+        &self,
+        client_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
         self.load_jobs(
             "d.client_id = ?1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') \
              AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
@@ -361,7 +250,7 @@ impl Store {
         plugin: &str,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<Vec<Job>, StoreError> {
         self.load_jobs(
             "d.client_id = ?1 AND d.state IN ('pending', 'held', 'plugin_error') \
              AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
@@ -370,8 +259,13 @@ impl Store {
         )
     }
 
-    /// Blocking: a client's retries due at `now`, oldest first, leaving out `busy`.
-    pub fn load_due_retries(&self, client_id: &str, now: i64, limit: usize) -> Result<Vec<Job>> {
+    /// Blocking: a client's retries due at `now`, soonest first.
+    pub fn load_due_retries(
+        &self,
+        client_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
         self.load_jobs(
             "d.client_id = ?1 AND d.state = 'retrying' AND d.next_attempt_at <= ?2 ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
             params![client_id, now, limit as i64],
@@ -380,7 +274,7 @@ impl Store {
 
     /// Blocking: for each client, its soonest retry, and whether it has held
     /// deliveries. Both read partial indexes of unfinished work only.
-    pub fn sweep(&self) -> Result<Sweep> {
+    pub fn sweep(&self) -> Result<(DueRetries, Vec<String>), StoreError> {
         let conn = self.reader.lock().unwrap();
         let retries = conn
             .prepare_cached(
@@ -395,11 +289,14 @@ impl Store {
             )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(Sweep { retries, held })
+        Ok((retries, held))
     }
 
     /// Blocking: a client's recorded health: (disabled reason, failing since).
-    pub fn client_state(&self, client_id: &str) -> Result<(Option<String>, Option<i64>)> {
+    pub fn client_state(
+        &self,
+        client_id: &str,
+    ) -> Result<(Option<String>, Option<i64>), StoreError> {
         let conn = self.reader.lock().unwrap();
         Ok(conn
             .query_row(
@@ -411,7 +308,11 @@ impl Store {
             .unwrap_or((None, None)))
     }
 
-    fn load_jobs(&self, filter: &str, params: impl rusqlite::Params) -> Result<Vec<Job>> {
+    fn load_jobs(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Job>, StoreError> {
         let conn = self.reader.lock().unwrap();
         let sql = format!(
             "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
@@ -452,8 +353,12 @@ impl Store {
                 received_at,
             ) = row?;
             // The event was valid when it was stored; the same parser accepts it again.
-            let mut event = Event::parse(event_id, Bytes::from(event_body))
-                .with_context(|| format!("delivery {id}: its stored event no longer parses"))?;
+            let mut event = Event::parse(event_id, Bytes::from(event_body)).map_err(|e| {
+                StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             event.received_at = received_at;
             let rendered = rendered.then(|| StoredRender {
                 request: Rendered {
@@ -582,7 +487,10 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
     }
     .into_iter();
     for op in batch {
-        let outcome = outcomes.next().expect("one outcome per op");
+        let outcome = outcomes
+            .next()
+            .expect("one outcome per op")
+            .map_err(StoreError::Write);
         match op {
             Op::Ingest { after, done, .. } => {
                 let seqs = outcome.map(|o| match o {

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use rusqlite::{Connection, params};
 
-use super::{NewDelivery, Update, now_ms};
 use crate::event::Event;
+use crate::model::{NewDelivery, Update, now_ms};
 
 const MIGRATIONS: &[&str] = &[
     // 1: events, deliveries, attempts, client health.

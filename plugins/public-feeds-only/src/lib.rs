@@ -14,7 +14,10 @@ impl Plugin for PublicFeedsOnly {
     fn handle(event: Event, client: Client) -> Result<Verdict, Error> {
         if let Some(entry) = event.new_feed_entry() {
             if entry.feed.is_public == Some(false) {
-                return Ok(hookwasm_plugin::skip(format!("feed {:?} is not public", entry.feed.title)));
+                return Ok(hookwasm_plugin::skip(format!(
+                    "feed {:?} is not public",
+                    entry.feed.title
+                )));
             }
             let patterns = client.get_or("exclude_titles", "");
             for pattern in patterns.split(',').map(str::trim).filter(|p| !p.is_empty()) {

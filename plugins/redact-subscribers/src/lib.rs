@@ -20,7 +20,11 @@ impl Plugin for RedactSubscribers {
         let remove = match client.get_or("mode", "mask") {
             "mask" => false,
             "remove" => true,
-            other => return Err(Error::InvalidConfig(format!("mode must be \"mask\" or \"remove\", not {other:?}"))),
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "mode must be \"mask\" or \"remove\", not {other:?}"
+                )));
+            }
         };
         let mut doc = event.value()?;
         if let Some(users) = doc.get_mut("users").and_then(Value::as_array_mut) {
@@ -43,7 +47,10 @@ fn mask(address: &str) -> String {
     match address.split_once('@') {
         Some((local, domain)) => {
             let first: String = local.chars().take(1).collect();
-            format!("{first}{}@{domain}", "*".repeat(local.chars().count().saturating_sub(1).max(1)))
+            format!(
+                "{first}{}@{domain}",
+                "*".repeat(local.chars().count().saturating_sub(1).max(1))
+            )
         }
         None => "*".repeat(address.chars().count().max(1)),
     }

@@ -5,7 +5,7 @@
 //! `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
 //! `target/wasm32-wasip2/release/` is a component the host loads.
 //!
-//! ```ignore
+//! ```no_run
 //! use hookwasm_plugin::{Client, Error, Event, Plugin, Verdict};
 //!
 //! struct Passthrough;
@@ -44,7 +44,16 @@ pub use bindings::hookwasm::plugin::types::{
 
 /// Exports a type that implements [`Plugin`] as the component's handler.
 ///
-/// ```ignore
+/// ```no_run
+/// # use hookwasm_plugin::*;
+/// struct MyPlugin;
+///
+/// impl Plugin for MyPlugin {
+///     fn handle(_event: Event, _client: Client) -> Result<Verdict, Error> {
+///         Ok(hookwasm_plugin::skip("nothing to say"))
+///     }
+/// }
+///
 /// hookwasm_plugin::export!(MyPlugin);
 /// ```
 #[macro_export]
@@ -80,8 +89,11 @@ pub const fn __sdk_version_bytes<const N: usize>() -> [u8; N] {
 
 /// Writes a line to the host's log, tagged with the client and the plugin.
 ///
-/// ```ignore
+/// ```no_run
+/// # use hookwasm_plugin::*;
+/// # fn example(event: Event, client: Client) -> Result<(), Error> {
 /// hookwasm_plugin::log(hookwasm_plugin::Level::Info, "skipping a private feed");
+/// # Ok(()) }
 /// ```
 pub fn log(level: Level, message: &str) {
     bindings::hookwasm::plugin::host::log(level, message);
@@ -90,17 +102,27 @@ pub fn log(level: Level, message: &str) {
 /// A delivery of `body`, with `content_type` (the host sends `application/json`
 /// when it is `None`) and no extra headers.
 ///
-/// ```ignore
+/// ```no_run
+/// # use hookwasm_plugin::*;
+/// # fn example(event: Event, client: Client) -> Result<(), Error> {
 /// let v = hookwasm_plugin::deliver(b"hello".to_vec(), Some("text/plain"));
+/// # Ok(()) }
 /// ```
 pub fn deliver(body: Vec<u8>, content_type: Option<&str>) -> Verdict {
-    Verdict::Deliver(Delivery { body, content_type: content_type.map(str::to_string), headers: Vec::new() })
+    Verdict::Deliver(Delivery {
+        body,
+        content_type: content_type.map(str::to_string),
+        headers: Vec::new(),
+    })
 }
 
 /// A delivery of `value` serialised as JSON.
 ///
-/// ```ignore
+/// ```no_run
+/// # use hookwasm_plugin::*;
+/// # fn example(event: Event, client: Client) -> Result<(), Error> {
 /// let v = hookwasm_plugin::deliver_json(&serde_json::json!({"text": "hi"}))?;
+/// # Ok(()) }
 /// ```
 pub fn deliver_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Verdict, Error> {
     let body = serde_json::to_vec(value).map_err(|e| Error::Failed(format!("cannot serialise the body: {e}")))?;
@@ -109,8 +131,11 @@ pub fn deliver_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Verdict, 
 
 /// Nothing is sent to the client for this event; `reason` is recorded.
 ///
-/// ```ignore
+/// ```no_run
+/// # use hookwasm_plugin::*;
+/// # fn example(event: Event, client: Client) -> Result<Verdict, Error> {
 /// return Ok(hookwasm_plugin::skip("the feed is private"));
+/// # Ok(skip("")) }
 /// ```
 pub fn skip(reason: impl Into<String>) -> Verdict {
     Verdict::Skip(reason.into())
@@ -120,39 +145,54 @@ pub fn skip(reason: impl Into<String>) -> Verdict {
 pub trait EventExt {
     /// The event's original JSON, parsed.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// let mut doc = event.value()?;
     /// doc["users"] = serde_json::json!([]);
+    /// # Ok(()) }
     /// ```
     fn value(&self) -> Result<serde_json::Value, Error>;
 
     /// The event's original JSON, parsed into your own type.
     ///
-    /// ```ignore
-    /// #[derive(serde::Deserialize)]
-    /// struct Record { data: serde_json::Value }
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
+    /// // Your own type, or any type serde reads, such as a map:
+    /// type Record = std::collections::HashMap<String, serde_json::Value>;
     /// let r: Record = event.parse()?;
+    /// # Ok(()) }
     /// ```
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error>;
 
     /// The typed `new_feed_entry`, or `None` for any other event.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// if let Some(entry) = event.new_feed_entry() { /* … */ }
+    /// # Ok(()) }
     /// ```
     fn new_feed_entry(&self) -> Option<&NewFeedEntry>;
 
     /// The record a `record.*` event is about, or `None` for other events.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// if let Some(asset) = event.asset() { /* asset.record_id, asset.collection_name, … */ }
+    /// # Ok(()) }
     /// ```
     fn asset(&self) -> Option<&Asset>;
 
     /// The user a `user.*` or `order.*` event is about, or `None` for other events.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// if let Some(user) = event.user() { /* user.email, user.login, … */ }
+    /// # Ok(()) }
     /// ```
     fn user(&self) -> Option<&User>;
 }
@@ -200,22 +240,31 @@ impl EventExt for Event {
 pub trait ClientExt {
     /// The value of `key`, if the client's config has it.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// let channel = client.get("channel");
+    /// # Ok(()) }
     /// ```
     fn get(&self, key: &str) -> Option<&str>;
 
     /// The value of `key`, or `default`.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// let mode = client.get_or("mode", "mask");
+    /// # Ok(()) }
     /// ```
     fn get_or<'a>(&'a self, key: &str, default: &'a str) -> &'a str;
 
     /// The value of `key`, or an [`Error::InvalidConfig`] that names it.
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # use hookwasm_plugin::*;
+    /// # fn example(event: Event, client: Client) -> Result<(), Error> {
     /// let token = client.require("token")?;
+    /// # Ok(()) }
     /// ```
     fn require(&self, key: &str) -> Result<&str, Error>;
 }
@@ -230,6 +279,7 @@ impl ClientExt for Client {
     }
 
     fn require(&self, key: &str) -> Result<&str, Error> {
-        self.get(key).ok_or_else(|| Error::InvalidConfig(format!("config key `{key}` is missing")))
+        self.get(key)
+            .ok_or_else(|| Error::InvalidConfig(format!("config key `{key}` is missing")))
     }
 }

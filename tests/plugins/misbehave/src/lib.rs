@@ -105,7 +105,10 @@ impl Plugin for Misbehave {
                 if vars.is_empty() {
                     Ok(hookwasm_plugin::skip("no environment, as it should be"))
                 } else {
-                    Err(Error::Failed(format!("environment reachable: {} variables", vars.len())))
+                    Err(Error::Failed(format!(
+                        "environment reachable: {} variables",
+                        vars.len()
+                    )))
                 }
             }
             "sleep" => {
@@ -176,7 +179,10 @@ impl Plugin for Misbehave {
                 );
                 Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
             }
-            "count" => Ok(hookwasm_plugin::deliver(format!("{{\"calls\":{calls}}}").into_bytes(), None)),
+            "count" => Ok(hookwasm_plugin::deliver(
+                format!("{{\"calls\":{calls}}}").into_bytes(),
+                None,
+            )),
             _ => {
                 let body = format!("{{\"ok\":true,\"event\":\"{}\"}}", event.name);
                 Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
@@ -188,7 +194,11 @@ impl Plugin for Misbehave {
 #[inline(never)]
 fn recurse(n: u64) -> u64 {
     let buf = std::hint::black_box([n; 64]);
-    if n == 0 { buf[3] } else { recurse(n + 1).wrapping_add(buf[7]) }
+    if n == 0 {
+        buf[3]
+    } else {
+        recurse(n + 1).wrapping_add(buf[7])
+    }
 }
 
 hookwasm_plugin::export!(Misbehave);

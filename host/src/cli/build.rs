@@ -191,7 +191,7 @@ fn newest_wasm(dir: &Path, build: impl FnOnce() -> Result<()>) -> Result<Vec<Pat
         .into_iter()
         .filter(|(p, t)| before.get(p) != Some(t))
         .collect();
-    made.sort_by(|a, b| b.1.cmp(&a.1));
+    made.sort_by_key(|m| std::cmp::Reverse(m.1));
     if made.is_empty() {
         bail!(
             "the build wrote no .wasm in {}; check where build.sh or build.mjs writes it",

@@ -9,12 +9,12 @@
 //!   their first byte (a slow sender is cut off, however steadily it trickles);
 //! - a kept-alive connection with no request for `server.idle_timeout` is closed;
 //! - a request's body must arrive within `server.body_timeout` (checked where the
-//!   body is read, in [`crate::ingest`], which answers 408).
+//!   body is read, in `events`, which answers 408).
 //!
 //! On shutdown no new connection is taken, idle ones are closed, and requests in
 //! flight are finished before [`serve`] returns.
 //!
-//! Not here: routes and what they answer (`ingest`).
+//! Not here: routes and what they answer (the rest of `api`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -11,16 +11,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-const WIT: &str = include_str!("../../wit/plugin-0.2.0/plugin.wit");
+const WIT: &str = include_str!("../../../wit/plugin-0.2.0/plugin.wit");
 
 /// The SDK crate, file by file, as `plugin new` and `plugin update-sdk` write it
 /// under `hookwasm-plugin/`. Its WIT is its own copy, byte for byte `WIT`.
 const SDK: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../plugins/sdk/Cargo.toml")),
-    ("src/lib.rs", include_str!("../../plugins/sdk/src/lib.rs")),
+    (
+        "Cargo.toml",
+        include_str!("../../../plugins/sdk/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../plugins/sdk/src/lib.rs"),
+    ),
     (
         "wit/plugin.wit",
-        include_str!("../../plugins/sdk/wit/plugin.wit"),
+        include_str!("../../../plugins/sdk/wit/plugin.wit"),
     ),
 ];
 
@@ -30,19 +36,19 @@ const SDK_DIR: &str = "hookwasm-plugin";
 const EVENTS: &[(&str, &str)] = &[
     (
         "events/new_feed_entry.json",
-        include_str!("../../plugins/templates/events/new_feed_entry.json"),
+        include_str!("../../../plugins/templates/events/new_feed_entry.json"),
     ),
     (
         "events/new_feed_entry.expected.json",
-        include_str!("../../plugins/templates/events/new_feed_entry.expected.json"),
+        include_str!("../../../plugins/templates/events/new_feed_entry.expected.json"),
     ),
     (
         "events/record.created.json",
-        include_str!("../../plugins/templates/events/record.created.json"),
+        include_str!("../../../plugins/templates/events/record.created.json"),
     ),
     (
         "events/record.created.expected.json",
-        include_str!("../../plugins/templates/events/record.created.expected.json"),
+        include_str!("../../../plugins/templates/events/record.created.expected.json"),
     ),
 ];
 
@@ -51,65 +57,65 @@ const EVENTS: &[(&str, &str)] = &[
 const RUST: &[(&str, &str)] = &[
     (
         "Cargo.toml",
-        include_str!("../../plugins/templates/rust/Cargo.toml"),
+        include_str!("../../../plugins/templates/rust/Cargo.toml"),
     ),
     (
         "src/lib.rs",
-        include_str!("../../plugins/templates/rust/src/lib.rs"),
+        include_str!("../../../plugins/templates/rust/src/lib.rs"),
     ),
     (
         "README.md",
-        include_str!("../../plugins/templates/rust/README.md"),
+        include_str!("../../../plugins/templates/rust/README.md"),
     ),
     (
         ".gitignore",
-        include_str!("../../plugins/templates/rust/gitignore"),
+        include_str!("../../../plugins/templates/rust/gitignore"),
     ),
 ];
 
 const PYTHON: &[(&str, &str)] = &[
     (
         "app.py",
-        include_str!("../../plugins/templates/python/app.py"),
+        include_str!("../../../plugins/templates/python/app.py"),
     ),
     (
         "build.sh",
-        include_str!("../../plugins/templates/python/build.sh"),
+        include_str!("../../../plugins/templates/python/build.sh"),
     ),
     (
         "README.md",
-        include_str!("../../plugins/templates/python/README.md"),
+        include_str!("../../../plugins/templates/python/README.md"),
     ),
     (
         ".gitignore",
-        include_str!("../../plugins/templates/python/gitignore"),
+        include_str!("../../../plugins/templates/python/gitignore"),
     ),
 ];
 
 const JS: &[(&str, &str)] = &[
     (
         "plugin.js",
-        include_str!("../../plugins/templates/js/plugin.js"),
+        include_str!("../../../plugins/templates/js/plugin.js"),
     ),
     (
         "build.mjs",
-        include_str!("../../plugins/templates/js/build.mjs"),
+        include_str!("../../../plugins/templates/js/build.mjs"),
     ),
     (
         "package.json",
-        include_str!("../../plugins/templates/js/package.json"),
+        include_str!("../../../plugins/templates/js/package.json"),
     ),
     (
         "package-lock.json",
-        include_str!("../../plugins/templates/js/package-lock.json"),
+        include_str!("../../../plugins/templates/js/package-lock.json"),
     ),
     (
         "README.md",
-        include_str!("../../plugins/templates/js/README.md"),
+        include_str!("../../../plugins/templates/js/README.md"),
     ),
     (
         ".gitignore",
-        include_str!("../../plugins/templates/js/gitignore"),
+        include_str!("../../../plugins/templates/js/gitignore"),
     ),
 ];
 

@@ -1,0 +1,106 @@
+//! `POST /v1/events`: Phraseanet's events come in.
+//!
+//! Checks the token, the content type and the size, parses the event, asks
+//! `route` which clients get it, and answers 202 only once the event and its
+//! deliveries are committed (`Queue::enqueue`). Everything it refuses gets a JSON
+//! `{"error": …}` that says why: 413 only for a body over the size limit, 400 for
+//! one that is malformed (a bad chunk, invalid UTF-8, not an event), 408 for one
+//! that does not arrive within `server.body_timeout`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{Api, TokenQuery, error, token_refusal};
+use crate::event::Event;
+use crate::model::new_event_id;
+
+pub(super) async fn post_event(
+    State(st): State<Arc<Api>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(refused) = token_refusal(&st, &q, &headers) {
+        return refused;
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" && mime != "application/vnd.phraseanet.event+json" {
+        let got = if ct.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{ct:?}")
+        };
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type {got}; send application/json or application/vnd.phraseanet.event+json"
+            ),
+        );
+    }
+    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, st.max_body));
+    let bytes: Bytes = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the body is over the limit of {} bytes (server.max_body)",
+                        st.max_body
+                    ),
+                );
+            }
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {} (server.body_timeout)",
+                    humantime::format_duration(st.body_timeout)
+                ),
+            );
+        }
+    };
+    let event = match Event::parse(new_event_id(), bytes) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let deliveries = st.routes.fan_out(&event.name);
+    let count = deliveries.len();
+    match st.queue.enqueue(event.clone(), deliveries).await {
+        Ok(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": event.id, "deliveries": count })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("event not stored: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the event could not be stored, send it again: {e}"),
+            )
+        }
+    }
+}

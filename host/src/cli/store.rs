@@ -1,0 +1,218 @@
+//! Commands that read or act on a store beside a running host: `deliveries`,
+//! `replay`, `ingest`, `clients`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use hookwasm::config::Config;
+use hookwasm::model::now_ms;
+use hookwasm::store::{Store, inspect::Inspector};
+
+pub fn deliveries(
+    config: &Path,
+    client: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if let Some(c) = client
+        && config.client(c).is_none()
+    {
+        bail!("no client {c:?} in the config");
+    }
+    if let Some(s) = state
+        && hookwasm::model::State::parse(s).is_none()
+    {
+        bail!(
+            "--state {s:?} is not one of pending, held, plugin_error, retrying, delivered, skipped, failed"
+        );
+    }
+    let rows = Inspector::open(&config.store.path)?.deliveries(client, state, limit)?;
+    for d in &rows {
+        if json {
+            println!("{}", serde_json::to_string(d)?);
+            continue;
+        }
+        println!(
+            "{}  {:<14} {:<16} {:<13} {}  {}",
+            d.id,
+            d.client_id,
+            d.event,
+            d.state,
+            format_ms(d.created_at),
+            d.reason.as_deref().unwrap_or("")
+        );
+        if let Some(p) = &d.plugin {
+            println!("    plugin {p}");
+        }
+        for a in &d.attempts {
+            let what = match (a.status, &a.error_kind) {
+                (Some(s), _) => format!("HTTP {s}"),
+                (None, Some(k)) => format!("{k}: {}", a.error.as_deref().unwrap_or("")),
+                _ => "?".into(),
+            };
+            println!(
+                "    attempt {} at {} took {} ms: {what}",
+                a.n,
+                format_ms(a.started_at),
+                a.duration_ms
+            );
+        }
+        if let (Some(at), "retrying") = (d.next_attempt_at, d.state.as_str()) {
+            println!("    next attempt at {}", format_ms(at));
+        }
+    }
+    if rows.is_empty() && !json {
+        eprintln!("no deliveries");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub async fn replay(
+    config: &Path,
+    delivery: Option<&str>,
+    client: Option<&str>,
+    since: Option<&str>,
+) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if delivery.is_none() && client.is_none() {
+        bail!("say what to replay: --delivery msg_… or --client ID --since TIME");
+    }
+    if let Some(c) = client
+        && config.client(c).is_none()
+    {
+        bail!("no client {c:?} in the config");
+    }
+    let since_ms = since.map(parse_since).transpose()?;
+    let seqs = Inspector::open(&config.store.path)?.select(delivery, client, since_ms)?;
+    if seqs.is_empty() {
+        bail!("no delivery matches");
+    }
+    let store = Store::open(&config.store.path)?;
+    let n = store.replay(seqs).await.map_err(|e| anyhow!(e))?;
+    println!("{n} deliveries will be sent again by the running host");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// RFC 3339, or a duration meaning that long ago.
+fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        anyhow!("--since {s:?} is neither a time (2026-05-24T21:00:00Z) nor a duration (2h)")
+    })?;
+    Ok(now_ms() - ago.as_millis() as i64)
+}
+
+/// Posts each line of `file` to the running host, a few at a time, with a bar.
+pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
+    use futures_util::StreamExt;
+    let config = Config::load(config)?;
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let lines: Vec<(usize, String)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| (i + 1, l.to_string()))
+        .collect();
+    let addr = config.server.listen;
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let url = format!("http://{host}/v1/events");
+    let http = reqwest::Client::new();
+    let bar = indicatif::ProgressBar::new(lines.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events  {per_sec}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let token = config.server.ingest_token.clone();
+    let results: Vec<(usize, Result<(), String>)> = futures_util::stream::iter(lines)
+        .map(|(n, line)| {
+            let (http, url, token, bar) = (http.clone(), url.clone(), token.clone(), bar.clone());
+            async move {
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(line);
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                let r = match req.send().await {
+                    Ok(resp) if resp.status().as_u16() == 202 => Ok(()),
+                    Ok(resp) => {
+                        let status = resp.status();
+                        Err(format!(
+                            "{status}: {}",
+                            resp.text().await.unwrap_or_default().trim()
+                        ))
+                    }
+                    Err(e) if e.is_connect() => Err(format!(
+                        "no host answers at {url}; start it with `hookwasm serve`"
+                    )),
+                    Err(e) => Err(e.to_string()),
+                };
+                bar.inc(1);
+                (n, r)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    bar.finish();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    for (n, r) in failed.iter().take(20) {
+        eprintln!("line {n}: {}", r.as_ref().unwrap_err());
+    }
+    println!(
+        "{} events accepted, {} refused",
+        results.len() - failed.len(),
+        failed.len()
+    );
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn clients_list(config: &Path) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    let ids: Vec<String> = config.clients.iter().map(|c| c.id.clone()).collect();
+    for c in Inspector::open(&config.store.path)?.clients(&ids)? {
+        let health = match (&c.disabled_reason, c.failing_since) {
+            (Some(r), _) => format!("DISABLED: {r}"),
+            (None, Some(t)) => format!("failing since {}", format_ms(t)),
+            (None, None) => "ok".into(),
+        };
+        let counts: Vec<String> = c.counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("{:<16} {health}   {}", c.client_id, counts.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn clients_enable(config: &Path, id: &str) -> Result<ExitCode> {
+    let config = Config::load(config)?;
+    if config.client(id).is_none() {
+        bail!("no client {id:?} in the config");
+    }
+    let store = Store::open(&config.store.path)?;
+    store.set_client(id, None, None);
+    store.flush().await;
+    println!("client {id} enabled; the running host resumes its deliveries within seconds");
+    Ok(ExitCode::SUCCESS)
+}

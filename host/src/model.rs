@@ -1,0 +1,148 @@
+//! The types every stage of an event's path shares: ids, the clock, a delivery's
+//! state, a job as the workers handle it, a rendering, an attempt, a change to a
+//! delivery. Plain data, no behaviour beyond naming; nothing here knows SQLite,
+//! HTTP or wasmtime.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::event::Event;
+
+/// A fresh, time-ordered event id (`evt_…`).
+pub fn new_event_id() -> String {
+    format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A request body and headers as a plugin rendered them (or the event's own
+/// bytes, for a client without a plugin).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Held,
+    PluginError,
+    Retrying,
+    Delivered,
+    Skipped,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Held => "held",
+            State::PluginError => "plugin_error",
+            State::Retrying => "retrying",
+            State::Delivered => "delivered",
+            State::Skipped => "skipped",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        Some(match s {
+            "pending" => State::Pending,
+            "held" => State::Held,
+            "plugin_error" => State::PluginError,
+            "retrying" => State::Retrying,
+            "delivered" => State::Delivered,
+            "skipped" => State::Skipped,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A delivery to create with an event.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `msg_…`: the `webhook-id` the client sees on every attempt.
+    pub id: String,
+    pub client_id: String,
+}
+
+/// A fresh, time-ordered delivery id.
+pub fn new_delivery_id() -> String {
+    format!("msg_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A delivery as the workers handle it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Commit order; per client, first attempts follow it.
+    pub seq: i64,
+    pub id: String,
+    pub client_id: String,
+    pub event: Arc<Event>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The stored rendering, once the plugin ran (or the event went out as is).
+    pub rendered: Option<StoredRender>,
+}
+
+/// What was rendered for a delivery and by which plugin version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRender {
+    pub request: Rendered,
+    /// `file@hash` of the plugin, `None` for a client without a plugin.
+    pub plugin: Option<String>,
+}
+
+/// One HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    /// `timeout`, `connect`, `blocked`, `status`, … (`None` on success).
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// The first few KiB of the answer's body.
+    pub response: Option<String>,
+}
+
+/// A change to one delivery.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub seq: i64,
+    pub state: State,
+    pub reason: Option<String>,
+    /// Set once, when the delivery is first rendered.
+    pub render: Option<StoredRender>,
+    pub attempt: Option<Attempt>,
+    pub next_attempt_at: Option<i64>,
+    /// `file@hash` of the plugin involved, for held and plugin_error rows.
+    pub plugin: Option<String>,
+    /// `render`'s body is the event's own bytes (stored once, with the event).
+    pub render_is_event_body: bool,
+}
+
+impl Update {
+    pub fn new(seq: i64, state: State) -> Update {
+        Update {
+            seq,
+            state,
+            reason: None,
+            render: None,
+            attempt: None,
+            next_attempt_at: None,
+            plugin: None,
+            render_is_event_body: false,
+        }
+    }
+}
