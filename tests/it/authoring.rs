@@ -2,9 +2,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-const CURRENT: &str = "new_feed_entry.json";
-const DOCUMENTED: &str = "new_feed_entry.documented.json";
-
 #[test]
 fn plugin_test_prints_the_verdict() {
     let chat = plugin("chat-message");

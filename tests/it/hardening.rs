@@ -2,8 +2,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-const CURRENT: &str = "new_feed_entry.json";
-
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Under umask 022 the store's folder is 0700 and its files 0600: every event,

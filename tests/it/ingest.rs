@@ -2,9 +2,6 @@ use std::time::Duration;
 
 use crate::common::*;
 
-const CURRENT: &str = "new_feed_entry.json";
-const DOCUMENTED: &str = "new_feed_entry.documented.json";
-
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Six clients: four with a plugin each, one without, one disabled.

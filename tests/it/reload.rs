@@ -4,8 +4,6 @@ use serde_json::json;
 
 use crate::common::*;
 
-const CURRENT: &str = "new_feed_entry.json";
-
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Replacing a plugin under steady traffic: every event delivered exactly once,

@@ -83,10 +83,14 @@ impl Host {
 
         let wait = eventually(START, "hookwasm to serve /healthz").log(self);
         let url = self.url("/healthz");
+        let log = self.log.clone();
         let (child, http) = (self.child.as_mut().unwrap(), &self.http);
         wait.until(async || {
             if let Some(status) = child.try_wait().unwrap() {
-                return Err(format!("hookwasm exited ({status}) before serving"));
+                panic!(
+                    "hookwasm exited ({status}) before serving:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             // Until the host accepts, a connection waits in the socket's
             // queue: ask again, rather than wait for a host that died.

@@ -26,6 +26,11 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// The sample `new_feed_entry` in Phraseanet's current format.
+pub const CURRENT: &str = "new_feed_entry.json";
+/// The sample `new_feed_entry` in the format Phraseanet's documentation shows.
+pub const DOCUMENTED: &str = "new_feed_entry.documented.json";
+
 /// The path of a sample event in tests/fixtures/events.
 pub fn fixture_path(name: &str) -> PathBuf {
     repo().join("tests/fixtures/events").join(name)
@@ -39,7 +44,7 @@ pub fn fixture(name: &str) -> Vec<u8> {
 /// The current-format `new_feed_entry` with Phraseanet's `webhookId` set to `n`, to
 /// tell events apart at the receiver.
 pub fn numbered(n: usize) -> String {
-    String::from_utf8(fixture("new_feed_entry.json"))
+    String::from_utf8(fixture(CURRENT))
         .unwrap()
         .replace("\"webhookId\":12", &format!("\"webhookId\":{n}"))
 }
