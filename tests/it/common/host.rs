@@ -234,8 +234,17 @@ impl Host {
         self.wait_rows(client, n, |r| r["state"] == state).await
     }
 
-    /// Sends SIGTERM and waits for the exit.
+    /// Sends SIGTERM and waits for the exit. The host installs its handler as
+    /// its accept loop first runs, which can be just after it answered a first
+    /// request (one queued on the socket before it started, say); a SIGTERM
+    /// before that would kill it outright, so this waits for the handler first.
     pub async fn sigterm(&mut self) -> ExitStatus {
+        let pid = self.pid();
+        eventually(START, "hookwasm to handle SIGTERM")
+            .every(Duration::from_millis(10))
+            .log(self)
+            .until(async || catches(pid, libc::SIGTERM))
+            .await;
         self.signal(libc::SIGTERM).await
     }
 
@@ -274,6 +283,16 @@ impl Host {
         assert!(status.success(), "{status}\n{}", self.log());
         self.restart().await;
     }
+}
+
+/// Whether process `pid` has a handler for `signal` (`SigCgt` in its status).
+fn catches(pid: u32, signal: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
 
 /// In the child, between fork and exec: the socket as descriptor 3, kept open
