@@ -39,7 +39,7 @@ fn rust_plugin(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-#[path = "../tests/common/custom_section.rs"]
+#[path = "../tests/it/common/custom_section.rs"]
 mod custom_section;
 
 /// The same component under a new content hash: a new plugin version as far as

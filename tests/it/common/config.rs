@@ -1,0 +1,295 @@
+//! Config files, built: the sections every config needs are written here once,
+//! and a test names only what is its own (a client's keys, a `[server]` timeout,
+//! the TOML a config-error test is about).
+
+use std::path::{Path, PathBuf};
+
+use super::{Host, Receiver, plugin, repo, run};
+
+/// Where the compiled-code cache is.
+#[derive(Clone, Debug)]
+enum Cache {
+    /// `target/test-plugin-cache`, shared by every host and `hookwasm` run of
+    /// the tests, its key beside it (as the command line keeps it).
+    Shared,
+    /// `cache_dir` here, the key where the host keeps it by default.
+    Dir(PathBuf),
+    /// No cache keys at all: the host's defaults.
+    Default,
+}
+
+/// A `hookwasm.toml`: `[server]`, `[plugins]`, `[store]`, `[delivery]`, the
+/// clients, then any TOML as is; and the plugin files to put in `plugins.dir`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    listen: String,
+    server: Vec<String>,
+    cache: Cache,
+    plugins: Vec<String>,
+    loopback: bool,
+    delivery: Vec<String>,
+    clients: Vec<Client>,
+    toml: Vec<String>,
+    pub(super) files: Vec<(String, PathBuf)>,
+}
+
+impl Config {
+    /// What a host under test runs with: deliveries to the test receivers on
+    /// loopback allowed, the shared compiled-code cache.
+    pub fn new() -> Config {
+        Config {
+            listen: "127.0.0.1:0".into(),
+            server: Vec::new(),
+            cache: Cache::Shared,
+            plugins: Vec::new(),
+            loopback: true,
+            delivery: Vec::new(),
+            clients: Vec::new(),
+            toml: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Only the keys a config must have, for `hookwasm serve --config` runs that
+    /// end in a config error: no loopback, no cache keys, `listen` 127.0.0.1:0.
+    pub fn minimal() -> Config {
+        Config {
+            cache: Cache::Default,
+            loopback: false,
+            ..Config::new()
+        }
+    }
+
+    /// `server.listen` in a written file (a started host listens on its own
+    /// socket, whose address it writes there).
+    pub fn listen(mut self, addr: impl ToString) -> Config {
+        self.listen = addr.to_string();
+        self
+    }
+
+    /// A line in `[server]`: `ingest_token = "…"`, a timeout…
+    pub fn server(mut self, line: &str) -> Config {
+        self.server.push(line.into());
+        self
+    }
+
+    /// A line in `[plugins]`: `recycle_after = 4`…
+    pub fn plugins(mut self, line: &str) -> Config {
+        self.plugins.push(line.into());
+        self
+    }
+
+    /// The compiled-code cache in `dir` instead of the shared one.
+    pub fn cache_dir(mut self, dir: &Path) -> Config {
+        self.cache = Cache::Dir(dir.to_path_buf());
+        self
+    }
+
+    /// No private network allowed: the delivery guard as shipped.
+    pub fn without_loopback(mut self) -> Config {
+        self.loopback = false;
+        self
+    }
+
+    /// A line in `[delivery]`.
+    pub fn delivery(mut self, line: &str) -> Config {
+        self.delivery.push(line.into());
+        self
+    }
+
+    pub fn client(mut self, client: Client) -> Config {
+        self.clients.push(client);
+        self
+    }
+
+    /// TOML added at the end as is: what a config-error test is about.
+    pub fn toml(mut self, text: &str) -> Config {
+        self.toml.push(text.into());
+        self
+    }
+
+    /// The example or fixture plugin `name`, built from source, as
+    /// `plugins/{name}.wasm`.
+    pub fn install(self, name: &str) -> Config {
+        self.install_as(&format!("{name}.wasm"), plugin(name))
+    }
+
+    /// `src` as `plugins/{file}`.
+    pub fn install_as(mut self, file: &str, src: PathBuf) -> Config {
+        self.files.push((file.into(), src));
+        self
+    }
+
+    /// The config text, listening on `listen`.
+    pub fn render(&self, listen: &str) -> String {
+        fn lines(text: &mut String, lines: &[String]) {
+            for l in lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+        let mut t = format!("[server]\nlisten = \"{listen}\"\n");
+        lines(&mut t, &self.server);
+        t.push_str("\n[plugins]\ndir = \"plugins\"\n");
+        match &self.cache {
+            Cache::Shared => {
+                let cache = repo().join("target/test-plugin-cache");
+                let key = repo().join("target/test-plugin-cache.key");
+                t.push_str(&format!(
+                    "cache_dir = {:?}\ncache_key = {:?}\n",
+                    cache.to_str().unwrap(),
+                    key.to_str().unwrap()
+                ));
+            }
+            Cache::Dir(dir) => t.push_str(&format!("cache_dir = {:?}\n", dir.to_str().unwrap())),
+            Cache::Default => {}
+        }
+        lines(&mut t, &self.plugins);
+        t.push_str("\n[store]\npath = \"data/hookwasm.db\"\n");
+        if self.loopback || !self.delivery.is_empty() {
+            t.push_str("\n[delivery]\n");
+            if self.loopback {
+                t.push_str("allowed_networks = [\"127.0.0.0/8\"]\n");
+            }
+            lines(&mut t, &self.delivery);
+        }
+        for c in &self.clients {
+            t.push('\n');
+            t.push_str(&c.render());
+        }
+        for text in &self.toml {
+            t.push('\n');
+            t.push_str(text);
+            if !text.ends_with('\n') {
+                t.push('\n');
+            }
+        }
+        t
+    }
+
+    /// Writes the config as `dir/hookwasm.toml`, for a `hookwasm` run of the
+    /// test's own; returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("hookwasm.toml");
+        std::fs::write(&path, self.render(&self.listen)).unwrap();
+        path
+    }
+
+    /// Runs `hookwasm serve --config` on this config, written in `dir`, to an
+    /// end (a config the host refuses); returns (exit code, stdout, stderr).
+    pub fn serve_in(&self, dir: &Path) -> (i32, String, String) {
+        let path = self.write(dir);
+        run(&["serve", "--config", path.to_str().unwrap()])
+    }
+
+    /// Starts `hookwasm serve` with this config in a new folder.
+    pub async fn start(self) -> Host {
+        self.start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// Starts `hookwasm serve` with this config in `dir`, which the test may
+    /// have laid out (`plugins/` in it).
+    pub async fn start_in(self, dir: tempfile::TempDir) -> Host {
+        Host::start(self, dir).await
+    }
+}
+
+/// The file's text, as `write` writes it.
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(&self.listen))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new()
+    }
+}
+
+/// A `[[clients]]` entry.
+#[derive(Clone, Debug)]
+pub struct Client {
+    id: String,
+    url: String,
+    keys: Vec<String>,
+    limits: Vec<String>,
+    config: Vec<String>,
+}
+
+impl Client {
+    pub fn new(id: &str, url: &str) -> Client {
+        Client {
+            id: id.into(),
+            url: url.into(),
+            keys: Vec::new(),
+            limits: Vec::new(),
+            config: Vec::new(),
+        }
+    }
+
+    /// Client `id` delivering to `recv` at `/{id}`.
+    pub fn to(recv: &Receiver, id: &str) -> Client {
+        Client::new(id, &recv.url(&format!("/{id}")))
+    }
+
+    /// `plugin = "{file}"`.
+    pub fn plugin(self, file: &str) -> Client {
+        self.key(&format!("plugin = \"{file}\""))
+    }
+
+    /// `secret = "{secret}"`.
+    pub fn secret(self, secret: &str) -> Client {
+        self.key(&format!("secret = \"{secret}\""))
+    }
+
+    /// `max_in_flight = {n}`.
+    pub fn max_in_flight(self, n: usize) -> Client {
+        self.key(&format!("max_in_flight = {n}"))
+    }
+
+    /// `retry_schedule = [...]`.
+    pub fn retry_schedule(self, delays: &[&str]) -> Client {
+        let list: Vec<String> = delays.iter().map(|d| format!("\"{d}\"")).collect();
+        self.key(&format!("retry_schedule = [{}]", list.join(", ")))
+    }
+
+    /// Any other line of the client's own: `events = […]`, `enabled = false`…
+    pub fn key(mut self, line: &str) -> Client {
+        self.keys.push(line.into());
+        self
+    }
+
+    /// `{key} = "{value}"` in `[clients.limits]`.
+    pub fn limit(mut self, key: &str, value: &str) -> Client {
+        self.limits.push(format!("{key} = \"{value}\""));
+        self
+    }
+
+    /// `{key} = "{value}"` in `[clients.config]`, in this order.
+    pub fn config(mut self, key: &str, value: &str) -> Client {
+        self.config.push(format!("{key} = \"{value}\""));
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut t = format!(
+            "[[clients]]\nid = \"{}\"\nurl = \"{}\"\n",
+            self.id, self.url
+        );
+        for l in &self.keys {
+            t.push_str(l);
+            t.push('\n');
+        }
+        for (table, lines) in [("limits", &self.limits), ("config", &self.config)] {
+            if !lines.is_empty() {
+                t.push_str(&format!("[clients.{table}]\n"));
+                for l in lines {
+                    t.push_str(l);
+                    t.push('\n');
+                }
+            }
+        }
+        t
+    }
+}
