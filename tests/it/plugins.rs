@@ -486,6 +486,30 @@ async fn a_plugin_wall_clock_is_the_events_received_at() {
     );
 }
 
+/// A client's `config` reaches the plugin in the order of the file, as the WIT
+/// promises, not sorted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clients_config_reaches_the_plugin_in_the_order_of_the_file() {
+    let recv = Receiver::start().await;
+    let host = Config::new()
+        .client(
+            Client::to(&recv, "ordered")
+                .plugin("misbehave.wasm")
+                .config("zeta", "1")
+                .config("do", "config")
+                .config("alpha", "2"),
+        )
+        .install("misbehave")
+        .start()
+        .await;
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    let got = recv.wait_for("/ordered", 1, WAIT).await;
+    assert_eq!(
+        got[0].json(),
+        serde_json::json!([["zeta", "1"], ["do", "config"], ["alpha", "2"]])
+    );
+}
+
 /// A plugin whose initial memory is over the client's cap fails as `memory`, not
 /// as a trap.
 #[tokio::test(flavor = "multi_thread")]

@@ -35,7 +35,7 @@ pub async fn receive(listen: &str, secret: Option<&str>, status: u16) -> Result<
         }
     });
     axum::serve(listener, app)
-        .with_graceful_shutdown(super::serve::shutdown_signal())
+        .with_graceful_shutdown(super::serve::shutdown_signal()?)
         .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,8 @@ pub async fn serve(
     config_path: &Path,
     inherited: Option<std::net::TcpListener>,
 ) -> Result<ExitCode> {
+    // First of all: a SIGTERM during start-up must stop the host, not kill it.
+    let stop = shutdown_signal()?;
     let config = Config::load(config_path)?;
     let listener = match inherited {
         Some(l) => tokio::net::TcpListener::from_std(l)
@@ -23,7 +25,7 @@ pub async fn serve(
             )
         })?,
     };
-    hookwasm::run(config, listener, shutdown_signal()).await?;
+    hookwasm::run(config, listener, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -58,17 +60,20 @@ pub fn inherited_listener() -> Result<Option<std::net::TcpListener>> {
         .map_err(|e| anyhow!("LISTEN_FDS=1, but descriptor 3 is not a listening TCP socket ({e})"))
 }
 
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives while the
+/// host is busy starting or serving its first request must stop it gracefully,
+/// not kill it.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
+    })
 }

@@ -128,11 +128,6 @@ impl LogTag {
 /// An instantiated plugin, kept warm between calls for one client.
 pub(super) struct Warm {
     pub(super) store: Store<HostState>,
-    pub(super) instance: Instance,
+    pub(super) instance: Box<dyn super::world::Instance>,
     pub(super) calls: u32,
-}
-
-pub(super) enum Instance {
-    V0_1(super::v0_1::Plugin),
-    V0_2(super::v0_2::Plugin),
 }

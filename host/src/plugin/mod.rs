@@ -44,8 +44,9 @@ mod v0_2;
 
 pub use error::{LoadError, PluginError};
 pub use instance::HostState;
-use instance::{CoarseClock, EventClock, Instance, Limiter, LogTag, Warm};
+use instance::{CoarseClock, EventClock, Limiter, LogTag, Warm};
 use output::check_output;
+pub use world::World;
 
 #[doc(hidden)]
 pub use v0_2::Bare;
@@ -72,31 +73,9 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Bytes of stdout/stderr kept per call; the rest is dropped.
 const CAPTURE_BYTES: usize = 4096;
 
-/// The world versions this host can run, newest last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorldVersion {
-    V0_1,
-    V0_2,
-}
-
-impl WorldVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorldVersion::V0_1 => "0.1.0",
-            WorldVersion::V0_2 => "0.2.0",
-        }
-    }
-
-    /// The export that marks a component as targeting this version.
-    fn handler_export(self) -> &'static str {
-        match self {
-            WorldVersion::V0_1 => "hookwasm:plugin/handler@0.1.0",
-            WorldVersion::V0_2 => "hookwasm:plugin/handler@0.2.0",
-        }
-    }
-
-    const ALL: &'static [WorldVersion] = &[WorldVersion::V0_1, WorldVersion::V0_2];
-}
+/// The world versions this host can run, oldest first: the one list a new
+/// version is added to.
+const WORLDS: &[&World] = &[&v0_1::WORLD, &v0_2::WORLD];
 
 /// A compiled plugin, checked against its world, ready to call. Cheap to share:
 /// in-flight calls keep the version they started with alive after a reload.
@@ -105,10 +84,10 @@ pub struct Plugin {
     pub file: String,
     /// The first 16 hex digits of the SHA-256 of the file: the plugin's version.
     pub hash: String,
-    pub world: WorldVersion,
+    pub world: &'static World,
     /// What the component imports, by name.
     pub imports: Vec<String>,
-    bindings: Bindings,
+    pre: Box<dyn world::Pre>,
     /// Idle instances, per client: an instance never serves two clients.
     warm: Mutex<HashMap<String, Vec<Warm>>>,
 }
@@ -123,11 +102,6 @@ impl std::fmt::Debug for Plugin {
             self.world.as_str()
         )
     }
-}
-
-enum Bindings {
-    V0_1(v0_1::PluginPre<HostState>),
-    V0_2(v0_2::PluginPre<HostState>),
 }
 
 /// The client a call is made for.
@@ -271,19 +245,19 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(n, _)| n.to_string())
             .collect();
-        let world = WorldVersion::ALL
+        let world = WORLDS
             .iter()
             .copied()
-            .find(|v| exports.iter().any(|e| e == v.handler_export()))
+            .find(|w| exports.iter().any(|e| e == w.export))
             .ok_or_else(|| LoadError::NoWorld {
                 found: if exports.is_empty() {
                     "none".into()
                 } else {
                     exports.join(", ")
                 },
-                supported: WorldVersion::ALL
+                supported: WORLDS
                     .iter()
-                    .map(|v| v.handler_export())
+                    .map(|w| w.export)
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
@@ -292,16 +266,13 @@ impl Runtime {
             reason: one_line(&format!("{e:#}")),
         };
         let pre = self.linker.instantiate_pre(&component).map_err(mismatch)?;
-        let bindings = match world {
-            WorldVersion::V0_1 => Bindings::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?),
-            WorldVersion::V0_2 => Bindings::V0_2(v0_2::PluginPre::new(pre).map_err(mismatch)?),
-        };
+        let pre = (world.pre)(pre).map_err(mismatch)?;
         Ok(Plugin {
             file: file.to_string(),
             hash,
             world,
             imports,
-            bindings,
+            pre,
             warm: Mutex::new(HashMap::new()),
         })
     }
@@ -349,11 +320,10 @@ impl Runtime {
         // Instantiation runs the guest's start code: it gets a deadline too.
         store.set_epoch_deadline(deadline_ticks(cx.limits.deadline));
         store.epoch_deadline_trap();
-        let instance = match &plugin.bindings {
-            Bindings::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
-            Bindings::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
-        }
-        .map_err(|e| (e, store.data().limiter.hit))?;
+        let instance = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| (e, store.data().limiter.hit))?;
         Ok(Warm {
             store,
             instance,
@@ -405,10 +375,7 @@ impl Runtime {
         }
         warm.store
             .set_epoch_deadline(deadline_ticks(limits.deadline));
-        let result = match &warm.instance {
-            Instance::V0_1(i) => v0_1::call(i, &mut warm.store, event, cx),
-            Instance::V0_2(i) => v0_2::call(i, &mut warm.store, event, cx),
-        };
+        let result = warm.instance.call(&mut warm.store, event, cx);
         warm.calls += 1;
 
         let state = warm.store.data_mut();
@@ -564,9 +531,9 @@ impl Runtime {
         let warm = self
             .instantiate(plugin, &cx, event.received_at)
             .map_err(|(e, _)| e)?;
-        match warm.instance {
-            Instance::V0_2(i) => Ok(v0_2::Bare::new(warm.store, i, event)),
-            Instance::V0_1(_) => anyhow::bail!("the bare-call benchmark wants a 0.2.0 plugin"),
+        match warm.instance.into_any().downcast::<v0_2::Plugin>() {
+            Ok(i) => Ok(v0_2::Bare::new(warm.store, *i, event)),
+            Err(_) => anyhow::bail!("the bare-call benchmark wants a 0.2.0 plugin"),
         }
     }
 }

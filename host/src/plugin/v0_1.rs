@@ -14,7 +14,7 @@ wasmtime::component::bindgen!({
 
 use self::hookwasm::plugin::types as t;
 
-world_glue!();
+world_glue!("0.1.0");
 
 /// Calls an instance. The outer error is a trap; the inner one the plugin's.
 pub fn call(

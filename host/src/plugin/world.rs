@@ -5,10 +5,90 @@
 //! event and client records it builds. A new version is a new module of that
 //! shape, not a copy of this.
 
-/// Expands, inside a version module after its `bindgen!`, to `add_to_linker`,
-/// the `host` interface (`log`), and `from_wit`, which maps the guest's answer.
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::{CallContext, HostState, PluginError, Verdict};
+use crate::event::Event;
+
+/// One world version the host runs.
+pub struct World {
+    /// `0.1.0`, `0.2.0`, …
+    pub version: &'static str,
+    /// The export that marks a component as targeting this version.
+    pub export: &'static str,
+    /// Checks a component's pre-instance against this version's bindings.
+    pub pre: fn(InstancePre<HostState>) -> wasmtime::Result<Box<dyn Pre>>,
+}
+
+impl World {
+    pub fn as_str(&self) -> &'static str {
+        self.version
+    }
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "World({})", self.version)
+    }
+}
+
+/// A component checked against its version's bindings, ready to instantiate.
+pub trait Pre: Send + Sync {
+    fn instantiate(&self, store: &mut Store<HostState>) -> wasmtime::Result<Box<dyn Instance>>;
+}
+
+/// A live instance of some version.
+pub trait Instance: Send {
+    /// Calls the plugin. The outer error is a trap; the inner one the plugin's.
+    fn call(
+        &self,
+        store: &mut Store<HostState>,
+        event: &Event,
+        cx: &CallContext<'_>,
+    ) -> wasmtime::Result<Result<Verdict, PluginError>>;
+
+    /// For the benchmark's bare call, which wants the concrete bindings.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+/// Expands, inside a version module after its `bindgen!` and its `call`, to
+/// the version's [`World`] (`WORLD`), `add_to_linker`, the `host` interface
+/// (`log`), and `from_wit`, which maps the guest's answer.
 macro_rules! world_glue {
-    () => {
+    ($version:literal) => {
+        /// This version, for the runtime's table of worlds.
+        pub static WORLD: $crate::plugin::World = $crate::plugin::World {
+            version: $version,
+            export: concat!("hookwasm:plugin/handler@", $version),
+            pre: |pre| Ok(Box::new(PluginPre::new(pre)?)),
+        };
+
+        impl $crate::plugin::world::Pre for PluginPre<$crate::plugin::HostState> {
+            fn instantiate(
+                &self,
+                store: &mut wasmtime::Store<$crate::plugin::HostState>,
+            ) -> wasmtime::Result<Box<dyn $crate::plugin::world::Instance>> {
+                Ok(Box::new(PluginPre::instantiate(self, store)?))
+            }
+        }
+
+        impl $crate::plugin::world::Instance for Plugin {
+            fn call(
+                &self,
+                store: &mut wasmtime::Store<$crate::plugin::HostState>,
+                event: &$crate::event::Event,
+                cx: &$crate::plugin::CallContext<'_>,
+            ) -> wasmtime::Result<Result<$crate::plugin::Verdict, $crate::plugin::PluginError>>
+            {
+                call(self, store, event, cx)
+            }
+
+            fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+                self
+            }
+        }
+
         pub fn add_to_linker(
             linker: &mut wasmtime::component::Linker<$crate::plugin::HostState>,
         ) -> wasmtime::Result<()> {

@@ -17,6 +17,8 @@
 //!   message or header value;
 //! - `look-alike`: sets `webhook_signature`, which CGI, PHP and WSGI read as
 //!   `webhook-signature`;
+//! - `config`: delivers the client's config entries as `[[key, value], …]`, in
+//!   the order the plugin gets them;
 //! - `clock`: delivers what its wall clock says, twice (after some work), beside
 //!   the event's `received-at`;
 //! - `socket`: tries to open a TCP connection;
@@ -179,6 +181,7 @@ impl Plugin for Misbehave {
                 );
                 Ok(hookwasm_plugin::deliver(body.into_bytes(), None))
             }
+            "config" => hookwasm_plugin::deliver_json(&client.config),
             "count" => Ok(hookwasm_plugin::deliver(
                 format!("{{\"calls\":{calls}}}").into_bytes(),
                 None,
