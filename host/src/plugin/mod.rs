@@ -25,9 +25,10 @@
 //! are not visible ASCII. Skip reasons and error messages are cut to
 //! `max_reason`.
 //!
-//! World versions live in submodules (`v0_1`, …), one `bindgen!` each, and
-//! [`Bindings`] dispatches on the version a component exports, so a plugin built
-//! against an old version keeps working when the world grows.
+//! World versions live in submodules (`v0_1`, …), one frozen `bindgen!` each,
+//! plus the glue they share ([`world`]); [`WORLDS`] lists them, and a component
+//! is bound to the version whose handler it exports, so a plugin built against
+//! an old version keeps working when the world grows.
 //!
 //! Not here: which file serves which client, and hot reload (`registry`).
 
