@@ -84,6 +84,8 @@ fn build_passthrough() -> PathBuf {
             "passthrough",
         ])
         .current_dir(repo().join("plugins"))
+        // The plugins have their own workspace and target folder.
+        .env_remove("CARGO_TARGET_DIR")
         .status()
         .unwrap();
     assert!(status.success());

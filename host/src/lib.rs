@@ -59,8 +59,9 @@ pub async fn run(
         config.plugins.max_file_size,
         runtime,
     ));
-    registry.load_all().await?;
+    // Watch first: a file replaced while the others load is not missed.
     registry.watch(cancel.clone())?;
+    registry.load_all().await?;
     for c in &config.clients {
         if let Some(file) = &c.plugin
             && let plugin::registry::Lookup::Missing = registry.get(file)

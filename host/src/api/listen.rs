@@ -83,6 +83,8 @@ pub async fn serve(
         });
     }
     let _ = stop_tx.send(true);
+    // New connections are refused from now on, not left waiting in the backlog.
+    drop(listener);
     // Every connection holds a permit until it is gone.
     let _ = permits.acquire_many(limits.max_connections as u32).await;
 }

@@ -84,6 +84,11 @@ impl Worker {
     /// Tracks how long the client has been failing; disables it past its window.
     fn note_health(&self, ok: bool) {
         let mut h = self.health.lock().unwrap();
+        if h.disabled.is_some() {
+            // An attempt from before the client was disabled: writing its health
+            // now could undo an operator's `clients enable` in the store.
+            return;
+        }
         let now = now_ms();
         match (ok, h.failing_since) {
             (true, Some(_)) => {

@@ -276,12 +276,16 @@ impl Worker {
                 .queue
                 .claim_parked(&self.client.id, &plugin, after, BATCH)
                 .await;
-            if page.read == 0 || page.jobs.is_empty() {
-                return; // nothing parked, or everything read is claimed already
+            if page.read == 0 {
+                return;
             }
+            // Past the rows read, claimed by us or not: a page of rows all
+            // claimed already does not end the paging.
             after = after.max(page.last_seq);
-            tracing::info!(client = %self.client.id, count = page.jobs.len(), "resuming parked deliveries");
-            self.process(page.jobs).await;
+            if !page.jobs.is_empty() {
+                tracing::info!(client = %self.client.id, count = page.jobs.len(), "resuming parked deliveries");
+                self.process(page.jobs).await;
+            }
             if page.read < BATCH {
                 return;
             }
@@ -307,11 +311,14 @@ impl Worker {
         tokio::time::Instant::now() + wait
     }
 
-    /// Starts the retries due now; returns how many rows were read.
+    /// Starts the retries due now; returns how many were claimed. (Counting rows
+    /// read instead would spin while a full page of due retries is in flight;
+    /// the sweeper brings back any left beyond a page of claimed ones.)
     async fn run_due_retries(self: &Arc<Self>) -> usize {
         let page = self.queue.claim_due(&self.client.id, now_ms(), BATCH).await;
+        let claimed = page.jobs.len();
         self.process(page.jobs).await;
-        page.read
+        claimed
     }
 
     /// Renders the claimed jobs that need it, then starts their attempts in order.
@@ -336,9 +343,11 @@ impl Worker {
         // Sends of fresh jobs start in commit order; retries after them.
         let mut sends = sends.into_iter();
         while let Some((job, render, first_render)) = sends.next() {
+            // Stopping wins over a free permit: no new attempt once cancelled.
             let permit = tokio::select! {
-                p = self.permits.clone().acquire_owned() => Some(p.expect("never closed")),
+                biased;
                 _ = self.cancel.cancelled() => None,
+                p = self.permits.clone().acquire_owned() => Some(p.expect("never closed")),
             };
             // Stopping, or the client was disabled meanwhile (a 410 in this very
             // batch, say): these are not attempted. They stay due in the store;

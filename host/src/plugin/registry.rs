@@ -169,6 +169,9 @@ impl Registry {
         self: &Arc<Self>,
         cancel: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            anyhow::anyhow!("cannot create plugins.dir {}: {e}", self.dir.display())
+        })?;
         let (tx, rx) = mpsc::unbounded_channel::<String>();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

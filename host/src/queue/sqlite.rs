@@ -52,6 +52,9 @@ struct Inbox {
     overflow: bool,
     /// The highest seq of a fresh job claimed so far: the next ones come after it.
     cursor: i64,
+    /// Bumped by every rewind: a claim whose store read overlapped one gives its
+    /// page back and starts again from the rewound cursor.
+    rewinds: u64,
 }
 
 /// Deliveries whose outcome was committed lately, with the order of that commit.
@@ -73,6 +76,7 @@ impl SqliteQueue {
                         queue: VecDeque::new(),
                         overflow: true,
                         cursor: 0,
+                        rewinds: 0,
                     }),
                     claimed: Mutex::new(HashSet::new()),
                     finished: Mutex::new(Finished::default()),
@@ -94,12 +98,14 @@ impl SqliteQueue {
     }
 
     /// Runs a store read on the blocking pool and leaves out what is claimed or
-    /// finished while the read ran; what is left is claimed.
+    /// finished while the read ran; what is left is claimed. A failed read is
+    /// `None` (and logged): never mistaken for "nothing to do", which would
+    /// leave a backlog behind.
     async fn read(
         &self,
         client: &str,
         read: impl FnOnce(&Store, &str) -> Result<Vec<Job>, StoreError> + Send + 'static,
-    ) -> Page {
+    ) -> Option<Page> {
         let intake = self.intake(client);
         let store = self.store.clone();
         let id = client.to_string();
@@ -108,11 +114,11 @@ impl SqliteQueue {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 tracing::error!(client, "cannot read work from the store: {e}");
-                return Page::default();
+                return None;
             }
             Err(e) => {
                 tracing::error!(client, "store read crashed: {e}");
-                return Page::default();
+                return None;
             }
         };
         let read = rows.len();
@@ -131,11 +137,25 @@ impl SqliteQueue {
             .filter(|j| !claimed.contains(&j.seq) && !since.contains(&j.seq))
             .collect();
         claimed.extend(jobs.iter().map(|j| j.seq));
-        Page {
+        Some(Page {
             jobs,
             read,
             last_seq,
+        })
+    }
+
+    /// Ends the claims of `jobs` without any other effect.
+    fn unclaim(&self, client: &str, jobs: &[Job]) {
+        let mut claimed = self.intake(client).claimed.lock().unwrap();
+        for j in jobs {
+            claimed.remove(&j.seq);
         }
+    }
+
+    /// After a failed read: let the worker try again in a moment.
+    async fn retry_later(&self, client: &str) {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        self.intake(client).wake.notify_one();
     }
 
     /// The outcome of `seq` is committed: its claim ends, and reads that began
@@ -145,10 +165,10 @@ impl SqliteQueue {
         let mut finished = intake.finished.lock().unwrap();
         finished.count += 1;
         let n = finished.count;
-        finished.recent.push_back((seq, n));
-        if finished.recent.len() > FINISHED_KEPT {
+        if finished.recent.len() >= FINISHED_KEPT {
             finished.recent.pop_front();
         }
+        finished.recent.push_back((seq, n));
         drop(finished);
         intake.claimed.lock().unwrap().remove(&seq);
     }
@@ -160,6 +180,7 @@ impl SqliteQueue {
         inbox.cursor = inbox.cursor.min(seq - 1);
         inbox.overflow = true;
         inbox.queue.clear();
+        inbox.rewinds += 1;
     }
 
     /// Hands committed deliveries to their clients' inboxes. Runs on the store's
@@ -213,7 +234,7 @@ impl Queue for SqliteQueue {
         let client = client.to_string();
         async move {
             let intake = self.intake(&client);
-            let after = {
+            let (mut after, rewinds) = {
                 let mut inbox = intake.inbox.lock().unwrap();
                 let mut batch = Vec::new();
                 while batch.len() < limit {
@@ -235,32 +256,61 @@ impl Queue for SqliteQueue {
                 if !inbox.overflow {
                     return batch;
                 }
-                inbox.cursor
+                (inbox.cursor, inbox.rewinds)
             };
             // Parking writes are sent without waiting: make them visible first, so
             // a job parked a moment ago is not read back as still pending.
             self.store.flush().await;
-            let load = move |s: &Store, id: &str| s.load_pending(id, after, limit);
-            let mut page = self.read(&client, load).await;
-            if page.read == 0 {
-                // Caught up: back to the inbox. Rows committed between that read
-                // and the switch were not pushed, so look once more.
-                intake.inbox.lock().unwrap().overflow = false;
-                page = self.read(&client, load).await;
-                if page.read > 0 {
-                    // Not caught up after all: the store has every row, those
-                    // pushed meanwhile included, so it stays the source until
-                    // caught up.
-                    let mut inbox = intake.inbox.lock().unwrap();
-                    inbox.overflow = true;
-                    inbox.queue.clear();
+            loop {
+                let load = move |s: &Store, id: &str| s.load_pending(id, after, limit);
+                let Some(mut page) = self.read(&client, load).await else {
+                    self.retry_later(&client).await;
+                    return Vec::new();
+                };
+                if page.read == 0 {
+                    // Caught up: back to the inbox. Rows committed between that
+                    // read and the switch were not pushed, so look once more.
+                    {
+                        let mut inbox = intake.inbox.lock().unwrap();
+                        if inbox.rewinds != rewinds {
+                            return Vec::new(); // a rewind meanwhile: start again from it
+                        }
+                        inbox.overflow = false;
+                    }
+                    let Some(again) = self.read(&client, load).await else {
+                        intake.inbox.lock().unwrap().overflow = true;
+                        self.retry_later(&client).await;
+                        return Vec::new();
+                    };
+                    page = again;
+                    if page.read > 0 {
+                        // Not caught up after all: the store has every row, those
+                        // pushed meanwhile included, so it stays the source until
+                        // caught up.
+                        let mut inbox = intake.inbox.lock().unwrap();
+                        inbox.overflow = true;
+                        inbox.queue.clear();
+                    }
                 }
-            }
-            if page.read > 0 {
                 let mut inbox = intake.inbox.lock().unwrap();
-                inbox.cursor = inbox.cursor.max(page.last_seq);
+                if inbox.rewinds != rewinds {
+                    // A released job went back before this read's start: give the
+                    // page back, and claim again from the rewound cursor.
+                    drop(inbox);
+                    self.unclaim(&client, &page.jobs);
+                    intake.wake.notify_one();
+                    return Vec::new();
+                }
+                if page.read > 0 {
+                    inbox.cursor = inbox.cursor.max(page.last_seq);
+                }
+                // A full page of rows all claimed already: read on past them.
+                if page.jobs.is_empty() && page.read == limit {
+                    after = page.last_seq;
+                    continue;
+                }
+                return page.jobs;
             }
-            page.jobs
         }
         .boxed()
     }
@@ -270,6 +320,7 @@ impl Queue for SqliteQueue {
         async move {
             self.read(&client, move |s, id| s.load_due_retries(id, now, limit))
                 .await
+                .unwrap_or_default()
         }
         .boxed()
     }
@@ -289,6 +340,7 @@ impl Queue for SqliteQueue {
                 s.load_parked(id, &plugin, after, limit)
             })
             .await
+            .unwrap_or_default()
         }
         .boxed()
     }
@@ -329,11 +381,7 @@ impl Queue for SqliteQueue {
 
     fn release(&self, client: &str, jobs: &[Job]) {
         let intake = self.intake(client);
-        let mut claimed = intake.claimed.lock().unwrap();
-        for j in jobs {
-            claimed.remove(&j.seq);
-        }
-        drop(claimed);
+        self.unclaim(client, jobs);
         if let Some(first) = jobs
             .iter()
             .filter(|j| j.rendered.is_none() && j.attempts == 0)
@@ -383,5 +431,76 @@ impl Queue for SqliteQueue {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         self.store.flush().boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{State, new_delivery_id, new_event_id};
+    use bytes::Bytes;
+
+    const EVENT: &str = include_str!("../../../tests/fixtures/events/new_feed_entry.json");
+
+    async fn queue_with(n: usize) -> (tempfile::TempDir, SqliteQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("q.db")).unwrap();
+        let q = SqliteQueue::new(store, ["a"]);
+        for _ in 0..n {
+            let event = Event::parse(new_event_id(), Bytes::from_static(EVENT.as_bytes())).unwrap();
+            let d = NewDelivery {
+                id: new_delivery_id(),
+                client_id: "a".into(),
+            };
+            q.enqueue(Arc::new(event), vec![d]).await.unwrap();
+        }
+        (dir, q)
+    }
+
+    fn seqs(jobs: &[Job]) -> Vec<i64> {
+        jobs.iter().map(|j| j.seq).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn fresh_work_is_claimed_once_in_commit_order_from_the_store_and_the_inbox() {
+        // At start the queue reads from the store (work of a previous run)...
+        let (_dir, q) = queue_with(5).await;
+        assert_eq!(seqs(&q.claim_fresh("a", 2).await), [1, 2]);
+        assert_eq!(seqs(&q.claim_fresh("a", 2).await), [3, 4]);
+        assert_eq!(seqs(&q.claim_fresh("a", 2).await), [5]);
+        assert!(q.claim_fresh("a", 2).await.is_empty(), "caught up");
+        // ...then from the inbox, fed in commit order.
+        let event = Event::parse(new_event_id(), Bytes::from_static(EVENT.as_bytes())).unwrap();
+        let d = NewDelivery {
+            id: new_delivery_id(),
+            client_id: "a".into(),
+        };
+        q.enqueue(Arc::new(event), vec![d]).await.unwrap();
+        assert_eq!(seqs(&q.claim_fresh("a", 2).await), [6]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn released_fresh_work_comes_back_first_and_completed_work_never() {
+        let (_dir, q) = queue_with(4).await;
+        let first = q.claim_fresh("a", 4).await;
+        assert_eq!(seqs(&first), [1, 2, 3, 4]);
+        // 1 is delivered; 2 and later were not attempted (the host stopped).
+        q.complete("a", &first[0], Update::new(1, State::Delivered))
+            .await
+            .unwrap();
+        q.release("a", &first[1..]);
+        assert_eq!(seqs(&q.claim_fresh("a", 10).await), [2, 3, 4]);
+        assert!(q.claim_fresh("a", 10).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_full_page_of_claimed_rows_does_not_hide_the_rows_after_it() {
+        let (_dir, q) = queue_with(5).await;
+        let first = q.claim_fresh("a", 2).await;
+        assert_eq!(seqs(&first), [1, 2]);
+        // Put the cursor back before rows that are still claimed: the next claim
+        // reads a page of them only, and must read on past it.
+        q.rewind("a", 1);
+        assert_eq!(seqs(&q.claim_fresh("a", 2).await), [3, 4]);
     }
 }

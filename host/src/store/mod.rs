@@ -32,8 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::model::Rendered;
-use crate::model::{Job, NewDelivery, StoredRender, Update};
+use crate::model::{Job, NewDelivery, Rendered, StoredRender, Update};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
