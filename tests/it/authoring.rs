@@ -5,15 +5,11 @@ use crate::common::*;
 #[test]
 fn plugin_test_prints_the_verdict() {
     let chat = plugin("chat-message");
-    let (code, out, err) = run(&[
-        "plugin",
-        "test",
-        chat.to_str().unwrap(),
-        "--event",
-        fixture_path(CURRENT).to_str().unwrap(),
-        "--config",
-        "channel=#news",
-    ]);
+    let (code, out, err) = plugin_test(
+        &chat,
+        &fixture_path(CURRENT),
+        &["--config", "channel=#news"],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["verdict"], "deliver");
@@ -33,13 +29,7 @@ fn plugin_test_prints_the_verdict() {
     );
 
     let public = plugin("public-feeds-only");
-    let (code, out, _) = run(&[
-        "plugin",
-        "test",
-        public.to_str().unwrap(),
-        "--event",
-        fixture_path(DOCUMENTED).to_str().unwrap(),
-    ]);
+    let (code, out, _) = plugin_test(&public, &fixture_path(DOCUMENTED), &[]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -47,28 +37,20 @@ fn plugin_test_prints_the_verdict() {
         json!({"verdict": "skip", "reason": "feed \"Cannes Festival\" is not public"})
     );
 
-    let (code, out, _) = run(&[
-        "plugin",
-        "test",
-        public.to_str().unwrap(),
-        "--event",
-        fixture_path(CURRENT).to_str().unwrap(),
-        "--config",
-        "exclude_titles=Internal*, cannes*",
-    ]);
+    let (code, out, _) = plugin_test(
+        &public,
+        &fixture_path(CURRENT),
+        &["--config", "exclude_titles=Internal*, cannes*"],
+    );
     assert_eq!(code, 0);
     assert!(out.contains("matches exclude_titles pattern"), "{out}");
 
     let redact = plugin("redact-subscribers");
-    let (code, out, _) = run(&[
-        "plugin",
-        "test",
-        redact.to_str().unwrap(),
-        "--event",
-        fixture_path(CURRENT).to_str().unwrap(),
-        "--config",
-        "mode=remove",
-    ]);
+    let (code, out, _) = plugin_test(
+        &redact,
+        &fixture_path(CURRENT),
+        &["--config", "mode=remove"],
+    );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let body: serde_json::Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
@@ -82,15 +64,11 @@ fn plugin_test_prints_the_verdict() {
     );
 
     let misbehave = plugin("misbehave");
-    let (code, out, err) = run(&[
-        "plugin",
-        "test",
-        misbehave.to_str().unwrap(),
-        "--event",
-        fixture_path(CURRENT).to_str().unwrap(),
-        "--config",
-        "do=error",
-    ]);
+    let (code, out, err) = plugin_test(
+        &misbehave,
+        &fixture_path(CURRENT),
+        &["--config", "do=error"],
+    );
     assert_eq!(code, 1);
     assert!(out.is_empty());
     assert!(err.contains("asked to fail"), "{err}");
@@ -322,15 +300,7 @@ fn throws_keep_their_message(
     let wasm = build(project);
     let event = project.join("events/record.created.json");
     let reason = |client: &str| {
-        let (code, out, err) = run(&[
-            "plugin",
-            "test",
-            wasm.to_str().unwrap(),
-            "--event",
-            event.to_str().unwrap(),
-            "--client",
-            client,
-        ]);
+        let (code, out, err) = plugin_test(&wasm, &event, &["--client", client]);
         assert_eq!((code, out.as_str()), (1, ""), "{err}");
         err.lines()
             .find(|l| l.starts_with("hookwasm: "))
@@ -411,13 +381,7 @@ fn hand_written_expectations_match_whatever_their_key_order() {
 fn plugin_commands_say_what_they_do_and_fail_in_one_style() {
     let chat = plugin("chat-message");
     let event = fixture_path("new_feed_entry.json");
-    let (code, _, err) = run(&[
-        "plugin",
-        "test",
-        chat.to_str().unwrap(),
-        "--event",
-        event.to_str().unwrap(),
-    ]);
+    let (code, _, err) = plugin_test(&chat, &event, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.lines().next() == Some("compiling chat_message.wasm …"),

@@ -161,6 +161,20 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     run_with(&[], args)
 }
 
+/// `hookwasm plugin test WASM --event EVENT` with `extra` arguments
+/// (`--config K=V`, `--client ID`, …).
+pub fn plugin_test(wasm: &Path, event: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "plugin",
+        "test",
+        wasm.to_str().unwrap(),
+        "--event",
+        event.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// `run`, with extra environment variables (which may replace the cache's).
 pub fn run_with(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     output(Command::new(bin()).args(args), env)
