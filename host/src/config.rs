@@ -24,6 +24,9 @@ pub struct Config {
     pub server: Server,
     pub plugins: Plugins,
     pub store: Store,
+    /// `[delivery]`: what every client starts from, those created through the
+    /// API included.
+    pub delivery: Delivery,
     pub clients: Vec<Client>,
 }
 
@@ -31,6 +34,8 @@ pub struct Config {
 pub struct Server {
     pub listen: SocketAddr,
     pub ingest_token: Option<String>,
+    /// Operator tokens for the API (`admin_tokens`, and `HOOKWASM_ADMIN_TOKEN`).
+    pub admin_tokens: Vec<String>,
     /// The largest event body accepted, in bytes.
     pub max_body: usize,
     /// Time a client has to send a request's line and headers, from its first byte.
@@ -137,7 +142,7 @@ impl Default for Delivery {
 }
 
 /// One client application, with its own delivery settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Client {
     pub id: String,
     pub url: reqwest::Url,
@@ -164,6 +169,8 @@ impl Client {
 #[derive(Clone, PartialEq)]
 pub struct Secret {
     pub key: Vec<u8>,
+    /// When a rotated-out secret stops signing (ms); `None` for a current one.
+    pub until: Option<i64>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -187,7 +194,22 @@ impl Secret {
                 key.len()
             );
         }
-        Ok(Secret { key })
+        Ok(Secret { key, until: None })
+    }
+
+    /// A fresh random secret, as text.
+    pub fn generate() -> String {
+        use base64::Engine as _;
+        let key: [u8; 32] = rand::random();
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        )
+    }
+
+    /// Whether it still signs at `now` (ms).
+    pub fn signs_at(&self, now: i64) -> bool {
+        self.until.is_none_or(|t| now < t)
     }
 }
 
@@ -210,6 +232,8 @@ struct RawConfig {
 struct RawServer {
     listen: String,
     ingest_token: Option<String>,
+    #[serde(default)]
+    admin_tokens: Vec<String>,
     max_body: Option<ByteSize>,
     header_timeout: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
@@ -352,8 +376,25 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
 // ---- Loading ---------------------------------------------------------------------
 
 impl Config {
-    /// Reads and checks the file at `path`.
+    /// Reads and checks the file at `path`; `HOOKWASM_ADMIN_TOKEN` adds an
+    /// operator token.
     pub fn load(path: &Path) -> Result<Config> {
+        let mut config = Config::load_file(path)?;
+        if let Ok(t) = std::env::var("HOOKWASM_ADMIN_TOKEN")
+            && !t.is_empty()
+        {
+            if t.len() < 16 {
+                bail!(
+                    "HOOKWASM_ADMIN_TOKEN is {} characters; an operator token needs at least 16",
+                    t.len()
+                );
+            }
+            config.server.admin_tokens.push(t);
+        }
+        Ok(config)
+    }
+
+    fn load_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
         let base_dir = path
@@ -419,7 +460,16 @@ impl Config {
                 1_000_000,
             )? as usize,
             ingest_token: raw.server.ingest_token,
+            admin_tokens: raw.server.admin_tokens,
         };
+        for (i, t) in server.admin_tokens.iter().enumerate() {
+            if t.len() < 16 {
+                bail!(
+                    "server.admin_tokens[{i}] is {} characters; an operator token needs at least 16 (try `openssl rand -hex 32`)",
+                    t.len()
+                );
+            }
+        }
 
         let limits = apply_limits(
             &PluginLimits::default(),
@@ -481,8 +531,28 @@ impl Config {
             server,
             plugins,
             store,
+            delivery,
             clients,
         })
+    }
+
+    /// A client from the keys of a `[[clients]]` table given as JSON (the API's
+    /// create and change), checked as strictly as the file's, on this file's
+    /// `[delivery]` and limits.
+    pub fn client_from_json(
+        &self,
+        spec: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Client> {
+        let mut table = toml::Table::new();
+        for (k, v) in spec {
+            // JSON's null means "not set", which TOML writes by leaving the key out.
+            if v.is_null() {
+                continue;
+            }
+            let v = toml::Value::try_from(v).map_err(|e| anyhow!("{k}: {e}"))?;
+            table.insert(k.clone(), v);
+        }
+        parse_client(0, table, &self.delivery, &self.plugins.limits)
     }
 
     pub fn client(&self, id: &str) -> Option<&Client> {

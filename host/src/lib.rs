@@ -15,6 +15,7 @@
 pub mod api;
 pub mod config;
 pub mod deliver;
+pub mod directory;
 pub mod event;
 pub mod model;
 pub mod plugin;
@@ -62,35 +63,39 @@ pub async fn run(
     // Watch first: a file replaced while the others load is not missed.
     registry.watch(cancel.clone())?;
     registry.load_all().await?;
-    for c in &config.clients {
-        if let Some(file) = &c.plugin
-            && let plugin::registry::Lookup::Missing = registry.get(file)
-        {
-            tracing::warn!(client = %c.id, "plugin {file} is not in {}: the client's deliveries are held until it is", config.plugins.dir.display());
-        }
-    }
 
-    let enabled = config.clients.iter().filter(|c| c.enabled);
-    let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(
-        store.clone(),
-        enabled.map(|c| c.id.as_str()),
-    ));
-    let dispatcher = Arc::new(
-        deliver::Dispatcher::new(&config.clients, queue.clone(), &registry, cancel.clone()).await?,
+    let directory = Arc::new(
+        directory::Directory::open(config.clone(), store.clone())
+            .await
+            .context("cannot read the clients from the store")?,
     );
-    dispatcher.start();
+    load_active_uploads(&store, &registry, &directory).await?;
+    let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(store.clone()));
+    let dispatcher = Arc::new(deliver::Dispatcher::new(
+        directory.clone(),
+        queue.clone(),
+        registry.clone(),
+        cancel.clone(),
+    ));
+    dispatcher.start().await?;
 
     let app = api::router(Arc::new(api::Api {
         token: config.server.ingest_token.clone(),
         max_body: config.server.max_body,
+        max_upload: config.plugins.max_file_size as usize,
         body_timeout: config.server.body_timeout,
-        routes: route::Routes::new(&config.clients),
+        routes: route::Routes::new(directory.clone()),
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
         registry: registry.clone(),
+        auth: api::auth::Auth::load(config.server.admin_tokens.clone(), store.clone())
+            .await
+            .context("cannot read the API tokens from the store")?,
+        directory: directory.clone(),
+        store: store.clone(),
     }));
     tracing::info!(
-        listen = %listener.local_addr()?, clients = config.clients.len(),
+        listen = %listener.local_addr()?, clients = directory.current().entries.len(),
         plugins = %config.plugins.dir.display(), store = %config.store.path.display(),
         "hookwasm {} serving", env!("CARGO_PKG_VERSION")
     );
@@ -111,5 +116,37 @@ pub async fn run(
     dispatcher.finished().await;
     queue.flush().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Compiles the uploaded plugins that are active, before the workers start, so
+/// their clients are not held for the time it takes. One that no longer loads
+/// (an engine change, say) is reported; its client is held until a good one is
+/// made active.
+async fn load_active_uploads(
+    store: &store::Store,
+    registry: &plugin::registry::Registry,
+    directory: &directory::Directory,
+) -> Result<()> {
+    for entry in &directory.current().entries {
+        let plugin::registry::Source::Upload(version) = &entry.plugin else {
+            continue;
+        };
+        let (client, v) = (entry.client.id.clone(), version.clone());
+        let bytes = store
+            .read(move |c| store::rows::upload_bytes(c, &client, &v))
+            .await
+            .context("cannot read the uploaded plugins from the store")?;
+        match bytes {
+            None => {
+                tracing::error!(client = %entry.client.id, version, "the active uploaded plugin is not in the store; the client is held")
+            }
+            Some(b) => {
+                if let Err(e) = registry.compile_upload(b).await {
+                    tracing::error!(client = %entry.client.id, version, "the active uploaded plugin does not load; the client is held: {e}");
+                }
+            }
+        }
+    }
     Ok(())
 }

@@ -1,33 +1,39 @@
 //! Which clients get an event: every enabled client whose `events` list names
-//! it, or that has no list. One delivery (with a fresh `msg_…` id, the
-//! `webhook-id` its receiver will see) per client, in client-id order.
+//! it, or that has no list, as the directory stands when the event arrives. One
+//! delivery (with a fresh `msg_…` id, the `webhook-id` its receiver will see)
+//! per client, in client-id order.
 
-use crate::config::Client;
+use std::sync::Arc;
+
+use crate::directory::{Directory, Snapshot};
 use crate::model::{NewDelivery, new_delivery_id};
 
-/// The enabled clients, sorted by id.
 pub struct Routes {
-    clients: Vec<Client>,
+    directory: Arc<Directory>,
 }
 
 impl Routes {
-    pub fn new(clients: &[Client]) -> Routes {
-        let mut clients: Vec<Client> = clients.iter().filter(|c| c.enabled).cloned().collect();
-        clients.sort_by(|a, b| a.id.cmp(&b.id));
-        Routes { clients }
+    pub fn new(directory: Arc<Directory>) -> Routes {
+        Routes { directory }
     }
 
     /// The deliveries an event of this name makes.
     pub fn fan_out(&self, event_name: &str) -> Vec<NewDelivery> {
-        self.clients
-            .iter()
-            .filter(|c| c.wants(event_name))
-            .map(|c| NewDelivery {
-                id: new_delivery_id(),
-                client_id: c.id.clone(),
-            })
-            .collect()
+        fan_out(&self.directory.current(), event_name)
     }
+}
+
+fn fan_out(clients: &Snapshot, event_name: &str) -> Vec<NewDelivery> {
+    clients
+        .entries
+        .iter()
+        .map(|e| &e.client)
+        .filter(|c| c.enabled && c.wants(event_name))
+        .map(|c| NewDelivery {
+            id: new_delivery_id(),
+            client_id: c.id.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -60,17 +66,29 @@ mod tests {
             Path::new("/"),
         )
         .unwrap();
-        let routes = Routes::new(&config.clients);
+        let mut entries: Vec<_> = config
+            .clients
+            .iter()
+            .map(|c| {
+                Arc::new(crate::directory::Entry {
+                    client: c.clone(),
+                    origin: crate::directory::Origin::File,
+                    plugin: crate::plugin::registry::Source::None,
+                    spec: Default::default(),
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| a.client.id.cmp(&b.client.id));
+        let snapshot = Snapshot { entries };
         let ids = |name: &str| -> Vec<String> {
-            routes
-                .fan_out(name)
+            fan_out(&snapshot, name)
                 .into_iter()
                 .map(|d| d.client_id)
                 .collect()
         };
         assert_eq!(ids("new_feed_entry"), ["a-all", "b-feeds"]);
         assert_eq!(ids("record.created"), ["a-all"]);
-        let ds = routes.fan_out("new_feed_entry");
+        let ds = fan_out(&snapshot, "new_feed_entry");
         assert_ne!(ds[0].id, ds[1].id, "a delivery id each");
         assert!(ds[0].id.starts_with("msg_"));
     }

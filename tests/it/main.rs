@@ -32,5 +32,10 @@ mod hardening;
 /// `update-sdk`.
 mod authoring;
 
+/// The HTTP API: clients created by operators, client tokens, self-service
+/// plugins (upload, dry run, activation, rollback), secret rotation, the
+/// deliveries' views, and who may call what.
+mod api;
+
 /// The operator's command line: `serve` with a bad config, the demo receiver.
 mod commands;

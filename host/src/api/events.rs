@@ -16,10 +16,17 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::openapi::*;
 use super::{Api, TokenQuery, error, token_refusal};
 use crate::event::Event;
 use crate::model::new_event_id;
 
+#[utoipa::path(post, path = "/v1/events", tag = "ingest",
+    params(("token" = Option<String>, Query, description = "the ingest token, for senders that can only be given a URL")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "one Phraseanet event, either format"),
+    responses((status = 202, description = "stored durably, with one delivery per client that wants it", body = Accepted),
+        (status = 400, description = "not a valid event", body = ErrorBody), (status = 401, description = "wrong or missing ingest token", body = ErrorBody),
+        (status = 413, description = "over `server.max_body`", body = ErrorBody), (status = 415, description = "another content type", body = ErrorBody)))]
 pub(super) async fn post_event(
     State(st): State<Arc<Api>>,
     Query(q): Query<TokenQuery>,

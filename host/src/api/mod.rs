@@ -1,54 +1,93 @@
 //! The HTTP side: the routes, and the state they share. One [`Api`] value holds
-//! what every route may use; the admin API and metrics will hang off it too.
+//! what every route may use.
 //!
 //! - [`events`]: `POST /v1/events`, Phraseanet's events in;
 //! - [`status`]: `GET /v1/status`, for operators; `GET /healthz` for probes;
+//! - [`auth`]: who is calling (an operator token, a client's token, none);
+//! - [`admin`]: `/v1/admin/…`, the operator's routes: clients, tokens,
+//!   deliveries, replays, plugins;
+//! - [`clients`]: `/v1/clients/{id}/…`, a client's own: settings, pause,
+//!   deliveries, secret rotation;
+//! - [`plugins`]: `/v1/clients/{id}/plugin…`, upload, versions, activation,
+//!   dry run;
+//! - [`openapi`]: the OpenAPI document of all of it, from the code;
 //! - [`listen`]: accepting connections, with timeouts and a connection cap.
+//!
+//! Every answer of the API is JSON; every refusal `{"error": …}` with a 4xx that
+//! fits ([`ApiError`]).
 
+mod admin;
+pub mod auth;
+mod clients;
 mod events;
 pub mod listen;
+mod openapi;
+mod plugins;
 mod status;
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::deliver::Dispatcher;
+use crate::directory::{DirError, Directory};
 use crate::plugin::registry::Registry;
 use crate::queue::Queue;
 use crate::route::Routes;
+use crate::store::{Store, StoreError};
 
 /// What the routes share.
 pub struct Api {
-    /// `server.ingest_token`: when set, events and the status need it.
+    /// `server.ingest_token`: when set, events need it.
     pub token: Option<String>,
     pub max_body: usize,
+    /// The largest plugin upload (`plugins.max_file_size`).
+    pub max_upload: usize,
     pub body_timeout: std::time::Duration,
     pub routes: Routes,
     pub queue: Arc<dyn Queue>,
     pub dispatcher: Arc<Dispatcher>,
     pub registry: Arc<Registry>,
+    pub directory: Arc<Directory>,
+    pub store: Store,
+    pub auth: auth::Auth,
 }
 
 pub fn router(state: Arc<Api>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/events", post(events::post_event))
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(events::post_event))
+        .routes(routes!(status::status))
+        .merge(admin::routes())
+        .merge(clients::routes())
+        .merge(plugins::routes())
+        .split_for_parts();
+    let doc = Bytes::from(doc.to_json().expect("the document serialises"));
+    routes
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/status", get(status::status))
-        // The body is read with our own limit so the 413 says what the limit is.
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
+        )
+        // Bodies are read with our own limits, so a 413 says what the limit is.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such route; events go to POST /v1/events",
+                "no such route; events go to POST /v1/events, the API is described at GET /v1/openapi.json",
             )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
         })
 }
 
@@ -56,12 +95,133 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
 }
 
+/// A refusal: its status and what to say.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
+        ApiError(status, msg.into())
+    }
+    fn bad(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, msg)
+    }
+    fn unprocessable(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg)
+    }
+    fn not_found(msg: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, msg)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+impl From<DirError> for ApiError {
+    fn from(e: DirError) -> ApiError {
+        let status = match &e {
+            DirError::NotFound(_) => StatusCode::NOT_FOUND,
+            DirError::ManagedByFile(_) | DirError::Exists(_) => StatusCode::CONFLICT,
+            DirError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DirError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!("an API call could not use the store: {e}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store is not available: {e}"),
+        )
+    }
+}
+
+impl From<crate::queue::QueueError> for ApiError {
+    fn from(e: crate::queue::QueueError) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store is not available: {e}"),
+        )
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Waits until a change of the clients is in force in the workers, so that an
+/// answer means what it says (the next delivery uses the change).
+async fn in_force(st: &Api) {
+    if let Err(e) = st.dispatcher.reconcile().await {
+        tracing::error!("cannot apply a change of clients: {e:#}");
+    }
+}
+
+/// Reads a request body of at most `limit` bytes, within the body timeout.
+async fn read_body(st: &Api, body: axum::body::Body, limit: usize) -> ApiResult<Bytes> {
+    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over the limit of {limit} bytes"),
+                ))
+            } else {
+                Err(ApiError::bad(format!("the body could not be read: {e}")))
+            }
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive within server.body_timeout",
+        )),
+    }
+}
+
+/// A JSON request body as `T`; an empty body is `{}`.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    st: &Api,
+    body: axum::body::Body,
+) -> ApiResult<T> {
+    let bytes = read_body(st, body, st.max_body).await?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad(format!("the body is not the JSON expected: {inner}"))
+        } else {
+            ApiError::bad(format!("{path}: {inner}"))
+        }
+    })
+}
+
+/// The query string's pairs; a key given twice keeps the last.
+fn query_pairs(raw: Option<String>) -> std::collections::HashMap<String, String> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     token: Option<String>,
 }
 
-/// The 401 to answer when a token is configured and not given.
+/// The 401 to answer when the ingest token is configured and not given.
 fn token_refusal(st: &Api, q: &TokenQuery, headers: &HeaderMap) -> Option<Response> {
     let expected = st.token.as_ref()?;
     let given = headers
@@ -71,7 +231,7 @@ fn token_refusal(st: &Api, q: &TokenQuery, headers: &HeaderMap) -> Option<Respon
         .map(str::trim)
         .or(q.token.as_deref());
     match given {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => None,
+        Some(t) if auth::constant_time_eq(t.as_bytes(), expected.as_bytes()) => None,
         Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong token")),
         None => Some(error(
             StatusCode::UNAUTHORIZED,
@@ -80,6 +240,20 @@ fn token_refusal(st: &Api, q: &TokenQuery, headers: &HeaderMap) -> Option<Respon
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Milliseconds from an RFC 3339 time or a duration meaning that long ago.
+fn parse_time(key: &str, s: &str) -> ApiResult<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64));
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        ApiError::bad(format!(
+            "{key}={s:?} is neither a time (2026-05-24T21:00:00Z), milliseconds since 1970, nor a duration ago (2h)"
+        ))
+    })?;
+    Ok(crate::model::now_ms() - ago.as_millis() as i64)
 }

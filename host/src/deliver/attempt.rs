@@ -12,9 +12,10 @@ use crate::queue::Health;
 impl Worker {
     /// Makes one attempt and records it with the delivery's next state.
     pub(super) async fn attempt(&self, job: Job, render: StoredRender, first_render: bool) {
-        let (attempt, verdict) = self
+        let settings = self.settings();
+        let (attempt, verdict) = settings
             .sender
-            .attempt(&self.client, &job.id, &render.request)
+            .attempt(&settings.client, &job.id, &render.request)
             .await;
         let attempts = job.attempts + 1;
         let failed = verdict != Verdict::Delivered;
@@ -35,7 +36,7 @@ impl Worker {
                 u
             }
             Verdict::Retry { retry_after } => {
-                let schedule = &self.client.delivery.retry_schedule;
+                let schedule = &settings.client.delivery.retry_schedule;
                 match retry::next(schedule, attempts, retry_after, rand::random()) {
                     Next::GiveUp => {
                         let mut u = Update::new(job.seq, State::Failed);
@@ -55,7 +56,7 @@ impl Worker {
             }
         };
         if failed {
-            tracing::debug!(client = %self.client.id, delivery = %job.id, attempt = attempts,
+            tracing::debug!(client = %self.id, delivery = %job.id, attempt = attempts,
                 error = attempt.error.as_deref().unwrap_or(""), "attempt failed");
         }
         self.note_health(!failed);
@@ -67,10 +68,10 @@ impl Worker {
         let retry_at = update
             .next_attempt_at
             .filter(|_| update.state == State::Retrying);
-        if let Err(e) = self.queue.complete(&self.client.id, &job, update).await {
+        if let Err(e) = self.queue.complete(&self.id, &job, update).await {
             // Not recorded: the queue still has the delivery due, so it is sent
             // again later (the receiver drops the duplicate by its webhook-id).
-            tracing::error!(client = %self.client.id, delivery = %job.id, "cannot record an attempt: {e}");
+            tracing::error!(client = %self.id, delivery = %job.id, "cannot record an attempt: {e}");
             if job.rendered.is_some() || job.attempts > 0 {
                 self.note_retry_at(now_ms() + 5_000);
             }
@@ -93,20 +94,21 @@ impl Worker {
         match (ok, h.failing_since) {
             (true, Some(_)) => {
                 h.failing_since = None;
-                self.queue.set_health(&self.client.id, &h);
+                self.queue.set_health(&self.id, &h);
             }
             (false, None) => {
                 h.failing_since = Some(now);
-                self.queue.set_health(&self.client.id, &h);
+                self.queue.set_health(&self.id, &h);
             }
             (false, Some(since))
                 if h.disabled.is_none()
-                    && now - since >= self.client.delivery.disable_after.as_millis() as i64 =>
+                    && now - since
+                        >= self.settings().client.delivery.disable_after.as_millis() as i64 =>
             {
                 drop(h);
                 self.disable(&format!(
                     "every delivery failed for {}",
-                    humantime::format_duration(self.client.delivery.disable_after)
+                    humantime::format_duration(self.settings().client.delivery.disable_after)
                 ));
             }
             _ => {}
@@ -119,11 +121,11 @@ impl Worker {
         if h.disabled.is_some() {
             return false;
         }
-        tracing::error!(client = %self.client.id, "client disabled: {why}; its new events are kept. \
-            Enable it again with `hookwasm clients enable {}`", self.client.id);
+        tracing::error!(client = %self.id, "client disabled: {why}; its new events are kept. \
+            Enable it again with `hookwasm clients enable {}`", self.id);
         h.disabled = Some(why.to_string());
         let health: Health = h.clone();
-        self.queue.set_health(&self.client.id, &health);
+        self.queue.set_health(&self.id, &health);
         true
     }
 }

@@ -121,35 +121,7 @@ impl Sender {
                 ));
             }
         }
-        let timestamp = now_ms() / 1000;
-        let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
-        // Plugin headers first: the host's own, set after, always win.
-        for (k, v) in &req.headers {
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                headers.append(k, v);
-            }
-        }
-        let ct = req.content_type.as_deref().unwrap_or("application/json");
-        headers.insert(
-            "content-type",
-            HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/json")),
-        );
-        headers.insert("user-agent", HeaderValue::from_static(USER_AGENT));
-        headers.insert(
-            "webhook-id",
-            HeaderValue::from_str(msg_id).expect("ids are ASCII"),
-        );
-        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
-        if !client.secrets.is_empty() {
-            let sig = sign::sign(&client.secrets, msg_id, timestamp, &req.body);
-            headers.insert(
-                "webhook-signature",
-                HeaderValue::from_str(&sig).expect("base64 is ASCII"),
-            );
-        }
+        let headers = request_headers(client, msg_id, now_ms() / 1000, req);
         let response = self
             .http
             .post(client.url.clone())
@@ -166,6 +138,53 @@ impl Sender {
         let body = read_capped(response).await;
         Ok((status, retry_after, body))
     }
+}
+
+/// The headers of an attempt made at `timestamp` (s): the plugin's, then the
+/// host's own, which always win, and the signature of every secret that still
+/// signs. The dry run shows the same.
+pub fn request_headers(client: &Client, msg_id: &str, timestamp: i64, req: &Rendered) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
+    for (k, v) in &req.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    let ct = req.content_type.as_deref().unwrap_or("application/json");
+    headers.insert(
+        "content-type",
+        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    headers.insert("user-agent", HeaderValue::from_static(USER_AGENT));
+    headers.insert(
+        "webhook-id",
+        HeaderValue::from_str(msg_id).expect("ids are ASCII"),
+    );
+    headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+    let now = now_ms();
+    let signing: std::borrow::Cow<[crate::config::Secret]> =
+        if client.secrets.iter().all(|s| s.signs_at(now)) {
+            (&client.secrets[..]).into()
+        } else {
+            client
+                .secrets
+                .iter()
+                .filter(|s| s.signs_at(now))
+                .cloned()
+                .collect::<Vec<_>>()
+                .into()
+        };
+    if !signing.is_empty() {
+        let sig = sign::sign(&signing, msg_id, timestamp, &req.body);
+        headers.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&sig).expect("base64 is ASCII"),
+        );
+    }
+    headers
 }
 
 /// The first [`RESPONSE_KEEP`] bytes of the body; the rest is not read.

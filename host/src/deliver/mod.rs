@@ -26,19 +26,22 @@ pub mod sign;
 pub mod ssrf;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Client;
+use crate::directory::{Directory, Entry};
 use crate::model::{Job, now_ms};
-use crate::plugin::registry::{Lookup, Registry};
+use crate::plugin::registry::{Lookup, Registry, Source};
 use crate::queue::{Health, Queue};
 
 use render::Outcome;
+
+pub use http::{USER_AGENT, request_headers};
 
 /// Jobs claimed and rendered per trip to the queue and the blocking pool.
 const BATCH: usize = 64;
@@ -46,24 +49,41 @@ const BATCH: usize = 64;
 /// scheduled before a restart, and deliveries replayed from the command line.
 const SWEEP: Duration = Duration::from_secs(1);
 
-/// All the workers.
+/// All the workers: one per enabled client of the directory, started, changed
+/// and stopped as the directory changes.
 pub struct Dispatcher {
-    workers: Arc<HashMap<String, Arc<Worker>>>,
+    workers: Arc<RwLock<HashMap<String, Arc<Worker>>>>,
+    directory: Arc<Directory>,
     queue: Arc<dyn Queue>,
+    registry: Arc<Registry>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     cancel: CancellationToken,
+    /// One reconciliation at a time: two could both start a new client's worker.
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+/// What a worker delivers with; swapped whole when the client changes, so an
+/// attempt uses one consistent version of it.
+struct Settings {
+    client: Client,
+    plugin: Source,
+    sender: http::Sender,
 }
 
 /// One client's delivery state.
 struct Worker {
-    client: Client,
-    sender: http::Sender,
+    id: String,
+    settings: RwLock<Arc<Settings>>,
     queue: Arc<dyn Queue>,
     registry: Arc<Registry>,
     wake: Arc<Notify>,
     permits: Arc<Semaphore>,
+    /// The permits there are (`max_in_flight`); it follows the client's setting.
+    capacity: Mutex<usize>,
+    in_flight: AtomicUsize,
     health: Mutex<Health>,
-    /// Cancelled when the host stops: take no new attempt.
+    /// Cancelled when the host stops, or the client is removed or disabled:
+    /// take no new attempt.
     cancel: CancellationToken,
     /// The soonest retry known to be due (ms): scheduled by this worker, or
     /// found in the store by the sweeper.
@@ -77,6 +97,8 @@ struct Worker {
 pub struct ClientStatus {
     pub id: String,
     pub plugin: Option<String>,
+    /// Where the plugin comes from: `upload`, `file` or `none`.
+    pub plugin_source: &'static str,
     /// `ready file@hash`, `missing`, `broken: …`, or `none` without a plugin.
     pub plugin_state: String,
     pub disabled: Option<String>,
@@ -86,55 +108,52 @@ pub struct ClientStatus {
 }
 
 impl Dispatcher {
-    /// Builds a worker for every enabled client; `cancel` stops them.
-    pub async fn new(
-        clients: &[Client],
+    /// A dispatcher for the directory's clients; `cancel` stops it all.
+    pub fn new(
+        directory: Arc<Directory>,
         queue: Arc<dyn Queue>,
-        registry: &Arc<Registry>,
+        registry: Arc<Registry>,
         cancel: CancellationToken,
-    ) -> anyhow::Result<Dispatcher> {
-        let mut workers = HashMap::new();
-        for c in clients.iter().filter(|c| c.enabled) {
-            let health = queue.health(&c.id).await?;
-            let worker = Worker {
-                sender: http::Sender::new(c)?,
-                client: c.clone(),
-                queue: queue.clone(),
-                registry: registry.clone(),
-                wake: queue.waker(&c.id),
-                permits: Arc::new(Semaphore::new(c.delivery.max_in_flight)),
-                health: Mutex::new(health),
-                cancel: cancel.clone(),
-                soonest_retry: Mutex::new(None),
-                parked_hint: AtomicBool::new(false),
-            };
-            workers.insert(c.id.clone(), Arc::new(worker));
-        }
-        Ok(Dispatcher {
-            workers: Arc::new(workers),
+    ) -> Dispatcher {
+        Dispatcher {
+            workers: Arc::default(),
+            directory,
             queue,
+            registry,
             tasks: Mutex::new(Vec::new()),
             cancel,
-        })
+            reconciling: tokio::sync::Mutex::new(()),
+        }
     }
 
-    /// Starts the workers, and the sweeper that tells them about work that
-    /// reached the store some other way (retries due from before a restart,
-    /// replays from the command line).
-    pub fn start(&self) {
-        let mut tasks = self.tasks.lock().unwrap();
-        for w in self.workers.values() {
-            tasks.push(tokio::spawn(w.clone().run()));
-        }
+    /// Starts a worker per enabled client; then follows the directory, and
+    /// sweeps the store for work that reached it some other way (retries due
+    /// from before a restart, replays from the command line).
+    pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.reconcile().await?;
+        let me = self.clone();
+        let mut changes = self.directory.subscribe();
+        let follow = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = me.cancel.cancelled() => return,
+                }
+                if let Err(e) = me.reconcile().await {
+                    tracing::error!("cannot apply a change of clients: {e:#}");
+                }
+            }
+        });
         let (workers, queue, cancel) = (
             self.workers.clone(),
             self.queue.clone(),
             self.cancel.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        let sweep = tokio::spawn(async move {
             loop {
                 match queue.sweep().await {
                     Ok(sweep) => {
+                        let workers = workers.read().unwrap();
                         for (client, at) in sweep.retries {
                             if let Some(w) = workers.get(&client) {
                                 w.note_retry_at(at);
@@ -154,42 +173,199 @@ impl Dispatcher {
                     _ = cancel.cancelled() => return,
                 }
             }
-        }));
+        });
+        self.tasks.lock().unwrap().extend([follow, sweep]);
+        Ok(())
+    }
+
+    /// Brings the workers in line with the directory: a worker for each enabled
+    /// client, with its current settings; a removed or disabled client's worker
+    /// stops taking work and finishes what it has in flight. It runs on every
+    /// change of the directory; whoever changed it may call it too, to know the
+    /// change is in force when this returns (the API does, before it answers).
+    pub async fn reconcile(&self) -> anyhow::Result<()> {
+        let _one = self.reconciling.lock().await;
+        let snapshot = self.directory.current();
+        let wanted: HashMap<&str, &Arc<Entry>> = snapshot
+            .entries
+            .iter()
+            .filter(|e| e.client.enabled)
+            .map(|e| (e.client.id.as_str(), e))
+            .collect();
+        let stale: Vec<Arc<Worker>> = {
+            let mut workers = self.workers.write().unwrap();
+            let gone: Vec<String> = workers
+                .keys()
+                .filter(|id| !wanted.contains_key(id.as_str()))
+                .cloned()
+                .collect();
+            gone.iter().filter_map(|id| workers.remove(id)).collect()
+        };
+        for w in stale {
+            tracing::info!(client = %w.id, "client removed or disabled: its worker stops");
+            w.cancel.cancel();
+        }
+        for (id, entry) in wanted {
+            let existing = self.workers.read().unwrap().get(id).cloned();
+            match existing {
+                Some(w) => w.update(entry)?,
+                None => {
+                    let health = self.queue.health(id).await?;
+                    let worker = Arc::new(Worker {
+                        id: id.to_string(),
+                        settings: RwLock::new(Arc::new(Settings::new(entry)?)),
+                        queue: self.queue.clone(),
+                        registry: self.registry.clone(),
+                        wake: self.queue.waker(id),
+                        permits: Arc::new(Semaphore::new(entry.client.delivery.max_in_flight)),
+                        capacity: Mutex::new(entry.client.delivery.max_in_flight),
+                        in_flight: AtomicUsize::new(0),
+                        health: Mutex::new(health),
+                        cancel: self.cancel.child_token(),
+                        soonest_retry: Mutex::new(None),
+                        parked_hint: AtomicBool::new(false),
+                    });
+                    if let Lookup::Missing = worker.plugin_lookup() {
+                        tracing::warn!(client = %id, "its plugin ({:?}) is not there: the client's deliveries are held until it is", entry.plugin);
+                    }
+                    self.workers
+                        .write()
+                        .unwrap()
+                        .insert(id.to_string(), worker.clone());
+                    self.tasks.lock().unwrap().push(tokio::spawn(worker.run()));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Waits, once the token is cancelled, for the attempts in flight to finish
     /// and be recorded.
     pub async fn finished(&self) {
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
-        for t in tasks {
-            let _ = t.await;
+        loop {
+            let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
         }
     }
 
     pub fn status(&self) -> Vec<ClientStatus> {
-        let mut out: Vec<ClientStatus> = self.workers.values().map(|w| w.status()).collect();
+        let mut out: Vec<ClientStatus> = self
+            .workers
+            .read()
+            .unwrap()
+            .values()
+            .map(|w| w.status())
+            .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// One client's status, if it has a worker (it is enabled).
+    pub fn client_status(&self, id: &str) -> Option<ClientStatus> {
+        self.workers.read().unwrap().get(id).map(|w| w.status())
+    }
+
+    /// Pauses a client (`Some(reason)`) or resumes it (`None`). A paused client
+    /// keeps getting its events; they wait, in order, for it to resume.
+    pub async fn set_paused(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<(), crate::queue::QueueError> {
+        let mut health = self.queue.health(id).await?;
+        health.disabled = reason;
+        if health.disabled.is_none() {
+            health.failing_since = None;
+        }
+        self.queue.set_health(id, &health);
+        self.queue.flush().await;
+        if let Some(w) = self.workers.read().unwrap().get(id) {
+            *w.health.lock().unwrap() = health;
+            w.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn new(entry: &Entry) -> anyhow::Result<Settings> {
+        Ok(Settings {
+            sender: http::Sender::new(&entry.client)?,
+            client: entry.client.clone(),
+            plugin: entry.plugin.clone(),
+        })
     }
 }
 
 impl Worker {
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap().clone()
+    }
+
+    /// Takes a changed client's settings: later claims and attempts use them.
+    fn update(&self, entry: &Entry) -> anyhow::Result<()> {
+        let old = self.settings();
+        if old.client == entry.client && old.plugin == entry.plugin {
+            return Ok(());
+        }
+        let plugin_changed = old.plugin != entry.plugin;
+        *self.settings.write().unwrap() = Arc::new(Settings::new(entry)?);
+        let want = entry.client.delivery.max_in_flight;
+        let mut capacity = self.capacity.lock().unwrap();
+        if want > *capacity {
+            self.permits.add_permits(want - *capacity);
+        } else if want < *capacity {
+            // Take the surplus out of use as the attempts holding it end.
+            let (permits, surplus) = (self.permits.clone(), (*capacity - want) as u32);
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+        }
+        *capacity = want;
+        drop(capacity);
+        tracing::info!(client = %self.id, "client changed; later attempts use the new settings");
+        if plugin_changed {
+            self.registry.changed();
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// What serves this client's plugin right now; `Ready` of nothing for a
+    /// client without a plugin is never asked: see [`render`].
+    fn plugin_lookup(&self) -> Lookup {
+        self.registry
+            .lookup(&self.settings().plugin)
+            .unwrap_or(Lookup::Missing)
+    }
+
     fn status(&self) -> ClientStatus {
         let health = self.health.lock().unwrap().clone();
+        let settings = self.settings();
         ClientStatus {
-            id: self.client.id.clone(),
-            plugin: self.client.plugin.clone(),
-            plugin_state: match &self.client.plugin {
+            id: self.id.clone(),
+            plugin: match &settings.plugin {
+                Source::None => None,
+                Source::File(f) => Some(f.clone()),
+                Source::Upload(v) => Some(format!("upload@{v}")),
+            },
+            plugin_source: settings.plugin.kind(),
+            plugin_state: match self.registry.lookup(&settings.plugin) {
                 None => "none".into(),
-                Some(file) => match self.registry.get(file) {
-                    Lookup::Ready(p) => format!("ready {}@{}", p.file, p.hash),
-                    Lookup::Missing => "missing".into(),
-                    Lookup::Broken(e) => format!("broken: {e}"),
-                },
+                Some(Lookup::Ready(p)) => format!("ready {}@{}", p.file, p.hash),
+                Some(Lookup::Missing) => "missing".into(),
+                Some(Lookup::Broken(e)) => format!("broken: {e}"),
             },
             disabled: health.disabled,
             failing_since: health.failing_since,
-            in_flight: self.client.delivery.max_in_flight - self.permits.available_permits(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
         }
     }
 
@@ -225,7 +401,7 @@ impl Worker {
                 check_parked = false;
                 self.resume_parked().await;
             }
-            let fresh = self.queue.claim_fresh(&self.client.id, BATCH).await;
+            let fresh = self.queue.claim_fresh(&self.id, BATCH).await;
             if !fresh.is_empty() {
                 self.process(fresh).await;
                 continue;
@@ -238,20 +414,19 @@ impl Worker {
             }
         }
         // Let attempts in flight finish and their outcomes be committed.
-        let _ = self
-            .permits
-            .acquire_many(self.client.delivery.max_in_flight as u32)
-            .await;
+        let capacity = *self.capacity.lock().unwrap();
+        let _ = self.permits.acquire_many(capacity as u32).await;
     }
 
     /// While disabled, look now and then whether someone enabled the client again.
     async fn wait_enabled(&self) {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = self.wake.notified() => {}
             _ = self.cancel.cancelled() => return,
         }
-        if let Ok(Health { disabled: None, .. }) = self.queue.health(&self.client.id).await {
-            tracing::info!(client = %self.client.id, "client enabled again");
+        if let Ok(Health { disabled: None, .. }) = self.queue.health(&self.id).await {
+            tracing::info!(client = %self.id, "client enabled again");
             *self.health.lock().unwrap() = Health::default();
         }
     }
@@ -265,16 +440,14 @@ impl Worker {
                 return;
             }
             // Look again each page: the plugin may have changed or gone meanwhile.
-            let plugin = match &self.client.plugin {
+            let plugin = match self.registry.lookup(&self.settings().plugin) {
                 None => String::new(),
-                Some(file) => match self.registry.get(file) {
-                    Lookup::Ready(p) => format!("{}@{}", p.file, p.hash),
-                    _ => return,
-                },
+                Some(Lookup::Ready(p)) => format!("{}@{}", p.file, p.hash),
+                Some(_) => return,
             };
             let page = self
                 .queue
-                .claim_parked(&self.client.id, &plugin, after, BATCH)
+                .claim_parked(&self.id, &plugin, after, BATCH)
                 .await;
             if page.read == 0 {
                 return;
@@ -283,7 +456,7 @@ impl Worker {
             // claimed already does not end the paging.
             after = after.max(page.last_seq);
             if !page.jobs.is_empty() {
-                tracing::info!(client = %self.client.id, count = page.jobs.len(), "resuming parked deliveries");
+                tracing::info!(client = %self.id, count = page.jobs.len(), "resuming parked deliveries");
                 self.process(page.jobs).await;
             }
             if page.read < BATCH {
@@ -315,7 +488,7 @@ impl Worker {
     /// read instead would spin while a full page of due retries is in flight;
     /// the sweeper brings back any left beyond a page of claimed ones.)
     async fn run_due_retries(self: &Arc<Self>) -> usize {
-        let page = self.queue.claim_due(&self.client.id, now_ms(), BATCH).await;
+        let page = self.queue.claim_due(&self.id, now_ms(), BATCH).await;
         let claimed = page.jobs.len();
         self.process(page.jobs).await;
         claimed
@@ -328,12 +501,19 @@ impl Worker {
         }
         let (rendered, to_render): (Vec<Job>, Vec<Job>) =
             jobs.into_iter().partition(|j| j.rendered.is_some());
-        let outcomes = render::render(&self.client, &self.registry, &to_render).await;
+        let settings = self.settings();
+        let outcomes = render::render(
+            &settings.client,
+            &settings.plugin,
+            &self.registry,
+            &to_render,
+        )
+        .await;
         let mut sends = Vec::new();
         for (job, outcome) in to_render.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Send(render) => sends.push((job, render, true)),
-                Outcome::Park(update) => self.queue.park(&self.client.id, update),
+                Outcome::Park(update) => self.queue.park(&self.id, update),
             }
         }
         for job in rendered {
@@ -355,12 +535,14 @@ impl Worker {
             let halted = permit.is_none() || self.health.lock().unwrap().disabled.is_some();
             let Some(permit) = permit.filter(|_| !halted) else {
                 let rest: Vec<Job> = std::iter::once(job).chain(sends.map(|(j, ..)| j)).collect();
-                self.queue.release(&self.client.id, &rest);
+                self.queue.release(&self.id, &rest);
                 return;
             };
             let me = self.clone();
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 me.attempt(job, render, first_render).await;
+                me.in_flight.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::config::Client;
 use crate::event::Event;
 use crate::model::{Job, Rendered, State, StoredRender, Update};
-use crate::plugin::registry::{Lookup, Registry};
+use crate::plugin::registry::{Lookup, Registry, Source};
 use crate::plugin::{CallContext, PluginError, Verdict};
 
 /// What a delivery becomes.
@@ -19,11 +19,16 @@ pub enum Outcome {
 }
 
 /// Renders `jobs` for `client`, in order.
-pub async fn render(client: &Client, registry: &Registry, jobs: &[Job]) -> Vec<Outcome> {
+pub async fn render(
+    client: &Client,
+    source: &Source,
+    registry: &Registry,
+    jobs: &[Job],
+) -> Vec<Outcome> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    let Some(file) = &client.plugin else {
+    let Some(lookup) = registry.lookup(source) else {
         // No plugin: the event goes out exactly as received.
         return jobs
             .iter()
@@ -39,12 +44,16 @@ pub async fn render(client: &Client, registry: &Registry, jobs: &[Job]) -> Vec<O
             })
             .collect();
     };
-    let plugin = match registry.get(file) {
+    let plugin = match lookup {
         Lookup::Ready(p) => p,
         other => {
-            let reason = match other {
-                Lookup::Broken(e) => format!("plugin {file} does not load: {e}"),
-                _ => format!("plugin {file} is not in plugins.dir"),
+            let reason = match (other, source) {
+                (Lookup::Broken(e), Source::File(file)) => {
+                    format!("plugin {file} does not load: {e}")
+                }
+                (Lookup::Broken(e), _) => format!("the uploaded plugin does not load: {e}"),
+                (_, Source::File(file)) => format!("plugin {file} is not in plugins.dir"),
+                _ => "the uploaded plugin is not there".to_string(),
             };
             return jobs
                 .iter()

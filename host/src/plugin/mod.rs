@@ -91,6 +91,77 @@ pub struct Plugin {
     pre: Box<dyn world::Pre>,
     /// Idle instances, per client: an instance never serves two clients.
     warm: Mutex<HashMap<String, Vec<Warm>>>,
+    /// When this version was compiled (ms).
+    pub loaded_at: i64,
+    /// The size of the component, in bytes.
+    pub size: usize,
+    pub stats: CallStats,
+}
+
+/// What a plugin version's calls have cost so far.
+pub struct CallStats {
+    calls: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+    traps: std::sync::atomic::AtomicU64,
+    /// Call times in microseconds, 2 significant digits.
+    times: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// A snapshot of [`CallStats`], for the plugins route.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallFigures {
+    pub calls: u64,
+    /// Calls that ended in a plugin error of any kind (traps included).
+    pub errors: u64,
+    /// Calls that trapped, ran out of time or memory.
+    pub traps: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+impl CallStats {
+    fn new() -> CallStats {
+        CallStats {
+            calls: Default::default(),
+            errors: Default::default(),
+            traps: Default::default(),
+            times: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                    .expect("valid bounds"),
+            ),
+        }
+    }
+
+    fn record(&self, took: std::time::Duration, result: &Result<Verdict, PluginError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.calls.fetch_add(1, Relaxed);
+        if let Err(e) = result {
+            self.errors.fetch_add(1, Relaxed);
+            if matches!(
+                e,
+                PluginError::Trap(_) | PluginError::Deadline(_) | PluginError::Memory(_)
+            ) {
+                self.traps.fetch_add(1, Relaxed);
+            }
+        }
+        let _ = self
+            .times
+            .lock()
+            .unwrap()
+            .record((took.as_micros() as u64).max(1));
+    }
+
+    pub fn figures(&self) -> CallFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let h = self.times.lock().unwrap();
+        CallFigures {
+            calls: self.calls.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            traps: self.traps.load(Relaxed),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+        }
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -275,6 +346,9 @@ impl Runtime {
             imports,
             pre,
             warm: Mutex::new(HashMap::new()),
+            loaded_at: crate::model::now_ms(),
+            size: bytes.len(),
+            stats: CallStats::new(),
         })
     }
 
@@ -336,6 +410,18 @@ impl Runtime {
     /// when one is idle. Blocks for at most about the client's deadline: run it off
     /// the async workers. An instance that trapped or hit a limit is thrown away.
     pub fn call(
+        &self,
+        plugin: &Plugin,
+        event: &Event,
+        cx: &CallContext<'_>,
+    ) -> Result<Verdict, PluginError> {
+        let began = std::time::Instant::now();
+        let result = self.call_in_instance(plugin, event, cx);
+        plugin.stats.record(began.elapsed(), &result);
+        result
+    }
+
+    fn call_in_instance(
         &self,
         plugin: &Plugin,
         event: &Event,

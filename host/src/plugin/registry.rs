@@ -19,6 +19,11 @@
 //! delivery workers watch, so held work resumes by itself.
 //!
 //! File names come from whoever can write to the folder: they are logged escaped.
+//!
+//! Beside the folder, the registry keeps the plugins clients uploaded through the
+//! API, compiled by content hash (the store keeps their bytes). A client's
+//! [`Source`] says which of the two serves it; [`Registry::lookup`] answers for
+//! both.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -48,6 +53,32 @@ pub enum Lookup {
     Broken(String),
 }
 
+/// Where a client's plugin comes from. One rule decides (see `directory`): an
+/// upload made active serves; else the config's `plugin` file; else none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    None,
+    /// A file in `plugins.dir`.
+    File(String),
+    /// An uploaded version (content hash).
+    Upload(String),
+}
+
+impl Source {
+    /// `file`, `upload` or `none`, for the status.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::File(_) => "file",
+            Source::Upload(_) => "upload",
+        }
+    }
+}
+
+/// The file name of every uploaded plugin: a delivery it rendered records
+/// `upload@<version>`.
+pub const UPLOAD: &str = "upload";
+
 #[derive(Default)]
 struct Slot {
     current: Option<Arc<Plugin>>,
@@ -72,6 +103,10 @@ pub struct PluginStatus {
     /// Why the file on disk is not serving, when it is not.
     pub error: Option<String>,
     pub loaded_at: Option<String>,
+    /// The serving version's size in bytes, imports and call figures.
+    pub size: Option<usize>,
+    pub imports: Option<Vec<String>>,
+    pub calls: Option<super::CallFigures>,
 }
 
 pub struct Registry {
@@ -79,6 +114,8 @@ pub struct Registry {
     max_file_size: u64,
     runtime: Arc<Runtime>,
     slots: RwLock<HashMap<String, Slot>>,
+    /// Uploaded versions compiled so far, by version; or why one did not load.
+    uploads: RwLock<HashMap<String, Result<Arc<Plugin>, String>>>,
     reads: AtomicU64,
     generation: watch::Sender<u64>,
     /// Compilations at once: one per core. Cranelift already spreads one
@@ -93,6 +130,7 @@ impl Registry {
             max_file_size,
             runtime,
             slots: RwLock::new(HashMap::new()),
+            uploads: RwLock::new(HashMap::new()),
             reads: AtomicU64::new(0),
             generation: watch::channel(0).0,
             compiling: tokio::sync::Semaphore::new(
@@ -116,6 +154,60 @@ impl Registry {
         }
     }
 
+    /// What serves a client whose plugin comes from `source`; `None` for a
+    /// client without one.
+    pub fn lookup(&self, source: &Source) -> Option<Lookup> {
+        match source {
+            Source::None => None,
+            Source::File(f) => Some(self.get(f)),
+            Source::Upload(v) => Some(match self.uploads.read().unwrap().get(v) {
+                Some(Ok(p)) => Lookup::Ready(p.clone()),
+                Some(Err(e)) => Lookup::Broken(e.clone()),
+                None => Lookup::Missing,
+            }),
+        }
+    }
+
+    /// Compiles an uploaded plugin on the blocking pool, or finds it compiled.
+    /// A version that does not load is remembered as such (not compiled twice).
+    pub async fn compile_upload(&self, bytes: Vec<u8>) -> Result<Arc<Plugin>, String> {
+        let version = content_hash(&bytes);
+        if let Some(done) = self.uploads.read().unwrap().get(&version) {
+            return done.clone();
+        }
+        let _turn = self.compiling.acquire().await;
+        let runtime = self.runtime.clone();
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(UPLOAD, &bytes))
+            .await
+            .map_err(|e| format!("compiling it crashed: {e}"))
+            .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+        self.uploads
+            .write()
+            .unwrap()
+            .entry(version)
+            .or_insert(loaded)
+            .clone()
+    }
+
+    /// Tells the workers that what serves a client changed (an upload made
+    /// active): held work is looked at again.
+    pub fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Every uploaded version compiled so far, for the plugins route.
+    pub fn uploads(&self) -> Vec<Arc<Plugin>> {
+        let mut out: Vec<Arc<Plugin>> = self
+            .uploads
+            .read()
+            .unwrap()
+            .values()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        out.sort_by(|a, b| a.hash.cmp(&b.hash));
+        out
+    }
+
     /// Changes whenever any plugin is loaded, replaced or removed.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
@@ -134,6 +226,9 @@ impl Registry {
                 loaded_at: s
                     .loaded_at
                     .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                size: s.current.as_ref().map(|p| p.size),
+                imports: s.current.as_ref().map(|p| p.imports.clone()),
+                calls: s.current.as_ref().map(|p| p.stats.figures()),
             })
             .collect();
         out.sort_by(|a, b| a.file.cmp(&b.file));

@@ -15,7 +15,7 @@
 //! commit; a row in either is left out of what a read returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -33,8 +33,9 @@ const FINISHED_KEPT: usize = 1 << 16;
 
 pub struct SqliteQueue {
     store: Store,
-    /// Every client that may be delivered to, by id. Fixed at start.
-    clients: Arc<HashMap<String, Intake>>,
+    /// Every client that was delivered to, by id: made on first use, when it
+    /// starts from the store (clients come and go while the host runs).
+    clients: Arc<RwLock<HashMap<String, Arc<Intake>>>>,
 }
 
 /// One client's side of the queue.
@@ -65,13 +66,25 @@ struct Finished {
 }
 
 impl SqliteQueue {
-    /// A queue on `store` for the clients `ids`.
-    pub fn new<'a>(store: Store, ids: impl IntoIterator<Item = &'a str>) -> SqliteQueue {
-        let clients = ids
-            .into_iter()
-            .map(|id| {
-                let intake = Intake {
-                    // Start from the store: it may hold work from a previous run.
+    /// A queue on `store`.
+    pub fn new(store: Store) -> SqliteQueue {
+        SqliteQueue {
+            store,
+            clients: Arc::default(),
+        }
+    }
+
+    fn intake(&self, client: &str) -> Arc<Intake> {
+        if let Some(i) = self.clients.read().unwrap().get(client) {
+            return i.clone();
+        }
+        self.clients
+            .write()
+            .unwrap()
+            .entry(client.to_string())
+            .or_insert_with(|| {
+                Arc::new(Intake {
+                    // Start from the store: it may hold work from before.
                     inbox: Mutex::new(Inbox {
                         queue: VecDeque::new(),
                         overflow: true,
@@ -81,20 +94,9 @@ impl SqliteQueue {
                     claimed: Mutex::new(HashSet::new()),
                     finished: Mutex::new(Finished::default()),
                     wake: Arc::new(Notify::new()),
-                };
-                (id.to_string(), intake)
+                })
             })
-            .collect();
-        SqliteQueue {
-            store,
-            clients: Arc::new(clients),
-        }
-    }
-
-    fn intake(&self, client: &str) -> &Intake {
-        self.clients
-            .get(client)
-            .unwrap_or_else(|| panic!("client {client:?} is not one of the queue's"))
+            .clone()
     }
 
     /// Runs a store read on the blocking pool and leaves out what is claimed or
@@ -146,7 +148,8 @@ impl SqliteQueue {
 
     /// Ends the claims of `jobs` without any other effect.
     fn unclaim(&self, client: &str, jobs: &[Job]) {
-        let mut claimed = self.intake(client).claimed.lock().unwrap();
+        let intake = self.intake(client);
+        let mut claimed = intake.claimed.lock().unwrap();
         for j in jobs {
             claimed.remove(&j.seq);
         }
@@ -176,7 +179,8 @@ impl SqliteQueue {
     /// Fresh jobs from `seq` on go back to the store's hands: the cursor moves
     /// back before them, so they are read again, in order.
     fn rewind(&self, client: &str, seq: i64) {
-        let mut inbox = self.intake(client).inbox.lock().unwrap();
+        let intake = self.intake(client);
+        let mut inbox = intake.inbox.lock().unwrap();
         inbox.cursor = inbox.cursor.min(seq - 1);
         inbox.overflow = true;
         inbox.queue.clear();
@@ -186,12 +190,14 @@ impl SqliteQueue {
     /// Hands committed deliveries to their clients' inboxes. Runs on the store's
     /// writer thread, in commit order.
     fn push(
-        clients: &HashMap<String, Intake>,
+        clients: &RwLock<HashMap<String, Arc<Intake>>>,
         event: &Arc<Event>,
         ds: &[NewDelivery],
         seqs: &[i64],
     ) {
+        let clients = clients.read().unwrap();
         for (d, &seq) in ds.iter().zip(seqs) {
+            // A client without an intake yet reads its work from the store.
             let Some(intake) = clients.get(&d.client_id) else {
                 continue;
             };
@@ -445,7 +451,7 @@ mod tests {
     async fn queue_with(n: usize) -> (tempfile::TempDir, SqliteQueue) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("q.db")).unwrap();
-        let q = SqliteQueue::new(store, ["a"]);
+        let q = SqliteQueue::new(store);
         for _ in 0..n {
             let event = Event::parse(new_event_id(), Bytes::from_static(EVENT.as_bytes())).unwrap();
             let d = NewDelivery {

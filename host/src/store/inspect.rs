@@ -1,5 +1,6 @@
-//! Read-side queries for the command line: what happened to which delivery.
-//! They open their own connection, so they work beside a running host.
+//! Read-side queries: what happened to which delivery. The functions take a
+//! connection, for the API (the store's own read connection); [`Inspector`]
+//! opens one of its own for the command line, so it works beside a running host.
 
 use std::path::Path;
 
@@ -9,29 +10,218 @@ use serde::Serialize;
 
 use super::schema;
 
-#[derive(Debug, Serialize)]
+/// A delivery as the API and `hookwasm deliveries --json` show it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryRow {
+    /// `msg_…`, the `webhook-id`.
     pub id: String,
+    /// Its place in the store: the paging order.
     pub seq: i64,
     pub event_id: String,
+    /// The event's name.
     pub event: String,
     pub client_id: String,
+    /// pending, held, plugin_error, retrying, delivered, skipped, failed.
     pub state: String,
     pub reason: Option<String>,
+    /// `file@hash` or `upload@version` of the plugin that rendered it.
     pub plugin: Option<String>,
     pub attempts: Vec<AttemptRow>,
     pub next_attempt_at: Option<i64>,
     pub created_at: i64,
 }
 
+/// The stored rendering and the original event, for one delivery's page.
 #[derive(Debug, Serialize)]
+pub struct Detail {
+    /// The event as received (lossy UTF-8: it was checked UTF-8 at ingest).
+    pub event_body: String,
+    pub received_at: i64,
+    /// What is sent on every attempt, once rendered.
+    pub rendered: Option<RenderedRow>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RenderedRow {
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Which deliveries to list: every field narrows; newest first, before `cursor`.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub client: Option<String>,
+    pub state: Option<String>,
+    pub event: Option<String>,
+    /// Created at or after (ms).
+    pub since: Option<i64>,
+    /// Created before (ms).
+    pub until: Option<i64>,
+    /// Only seqs below this one: the previous page's last.
+    pub cursor: Option<i64>,
+    pub limit: usize,
+}
+
+/// Deliveries matching `f`, newest first, each with its attempts.
+pub fn list(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<DeliveryRow>> {
+    use rusqlite::types::Value;
+    // Built clause by clause, so that a client's listing walks the
+    // (client_id, seq) index instead of every delivery.
+    let mut sql = String::from(
+        "SELECT d.id, d.seq, e.id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE 1",
+    );
+    let mut args: Vec<Value> = Vec::new();
+    let mut clause = |sql_part: &str, v: Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {sql_part} ?{}", args.len()));
+    };
+    if let Some(c) = &f.client {
+        clause("d.client_id =", Value::Text(c.clone()));
+    }
+    if let Some(s) = &f.state {
+        clause("d.state =", Value::Text(s.clone()));
+    }
+    if let Some(e) = &f.event {
+        clause("e.name =", Value::Text(e.clone()));
+    }
+    if let Some(t) = f.since {
+        clause("d.created_at >=", Value::Integer(t));
+    }
+    if let Some(t) = f.until {
+        clause("d.created_at <", Value::Integer(t));
+    }
+    if let Some(c) = f.cursor {
+        clause("d.seq <", Value::Integer(c));
+    }
+    args.push(Value::Integer(f.limit as i64));
+    sql.push_str(&format!(" ORDER BY d.seq DESC LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), row)?;
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    for d in &mut out {
+        d.attempts = attempts(conn, d.seq)?;
+    }
+    Ok(out)
+}
+
+/// One delivery by id (and of `client`, when given), with its attempts, its
+/// event and its rendering.
+pub fn one(
+    conn: &Connection,
+    id: &str,
+    client: Option<&str>,
+) -> rusqlite::Result<Option<(DeliveryRow, Detail)>> {
+    use rusqlite::OptionalExtension;
+    let found = conn
+        .query_row(
+            "SELECT d.id, d.seq, e.id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at, \
+                    e.body, e.received_at, d.rendered, d.content_type, d.headers, d.body \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+             WHERE d.id = ?1 AND (?2 IS NULL OR d.client_id = ?2)",
+            params![id, client],
+            |r| {
+                let event_body: Vec<u8> = r.get(10)?;
+                let event_body = String::from_utf8_lossy(&event_body).into_owned();
+                let rendered = r.get::<_, bool>(12)?.then(|| -> rusqlite::Result<RenderedRow> {
+                    let body: Option<Vec<u8>> = r.get(15)?;
+                    let headers: Option<String> = r.get(14)?;
+                    Ok(RenderedRow {
+                        content_type: r
+                            .get::<_, Option<String>>(13)?
+                            .unwrap_or_else(|| "application/json".into()),
+                        headers: headers
+                            .and_then(|h| serde_json::from_str(&h).ok())
+                            .unwrap_or_default(),
+                        // NULL: the event's own bytes went out.
+                        body: body
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_else(|| event_body.clone()),
+                    })
+                });
+                Ok((
+                    row(r)?,
+                    Detail {
+                        rendered: rendered.transpose()?,
+                        event_body,
+                        received_at: r.get(11)?,
+                    },
+                ))
+            },
+        )
+        .optional()?;
+    let Some((mut d, detail)) = found else {
+        return Ok(None);
+    };
+    d.attempts = attempts(conn, d.seq)?;
+    Ok(Some((d, detail)))
+}
+
+/// The seqs of the deliveries to replay: one by id, or those of a client, a
+/// time and a state; every filter given narrows.
+pub fn select(
+    conn: &Connection,
+    delivery: Option<&str>,
+    client: Option<&str>,
+    since_ms: Option<i64>,
+    state: Option<&str>,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM deliveries WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR client_id = ?2) \
+         AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR state = ?4) ORDER BY seq",
+    )?;
+    stmt.query_map(params![delivery, client, since_ms, state], |r| r.get(0))?
+        .collect()
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        seq: r.get(1)?,
+        event_id: r.get(2)?,
+        event: r.get(3)?,
+        client_id: r.get(4)?,
+        state: r.get(5)?,
+        reason: r.get(6)?,
+        plugin: r.get(7)?,
+        next_attempt_at: r.get(8)?,
+        created_at: r.get(9)?,
+        attempts: Vec::new(),
+    })
+}
+
+fn attempts(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<AttemptRow>> {
+    conn.prepare_cached(
+        "SELECT n, started_at, duration_ms, status, error_kind, error, response FROM attempts \
+         WHERE delivery_seq = ?1 ORDER BY n",
+    )?
+    .query_map([seq], |r| {
+        Ok(AttemptRow {
+            n: r.get(0)?,
+            started_at: r.get(1)?,
+            duration_ms: r.get(2)?,
+            status: r.get(3)?,
+            error_kind: r.get(4)?,
+            error: r.get(5)?,
+            response: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptRow {
     pub n: i64,
+    /// ms since 1970
     pub started_at: i64,
     pub duration_ms: i64,
+    /// The HTTP status, when there was an answer.
     pub status: Option<i64>,
+    /// `status`, `timeout`, `connect`, `blocked`, `network`.
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// The first 4 KiB of the answer.
     pub response: Option<String>,
 }
 
@@ -67,48 +257,13 @@ impl Inspector {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeliveryRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT d.id, d.seq, e.id, e.name, d.client_id, d.state, d.reason, d.plugin, d.next_attempt_at, d.created_at \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq \
-             WHERE (?1 IS NULL OR d.client_id = ?1) AND (?2 IS NULL OR d.state = ?2) \
-             ORDER BY d.seq DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![client, state, limit as i64], |r| {
-            Ok(DeliveryRow {
-                id: r.get(0)?,
-                seq: r.get(1)?,
-                event_id: r.get(2)?,
-                event: r.get(3)?,
-                client_id: r.get(4)?,
-                state: r.get(5)?,
-                reason: r.get(6)?,
-                plugin: r.get(7)?,
-                next_attempt_at: r.get(8)?,
-                created_at: r.get(9)?,
-                attempts: Vec::new(),
-            })
-        })?;
-        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut att = self.conn.prepare(
-            "SELECT n, started_at, duration_ms, status, error_kind, error, response FROM attempts \
-             WHERE delivery_seq = ?1 ORDER BY n",
-        )?;
-        for d in &mut out {
-            d.attempts = att
-                .query_map([d.seq], |r| {
-                    Ok(AttemptRow {
-                        n: r.get(0)?,
-                        started_at: r.get(1)?,
-                        duration_ms: r.get(2)?,
-                        status: r.get(3)?,
-                        error_kind: r.get(4)?,
-                        error: r.get(5)?,
-                        response: r.get(6)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-        }
-        Ok(out)
+        let filter = Filter {
+            client: client.map(str::to_string),
+            state: state.map(str::to_string),
+            limit,
+            ..Filter::default()
+        };
+        Ok(list(&self.conn, &filter)?)
     }
 
     /// The seqs of one delivery by id, or of a client's deliveries since a time.
@@ -118,14 +273,7 @@ impl Inspector {
         client: Option<&str>,
         since_ms: Option<i64>,
     ) -> Result<Vec<i64>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq FROM deliveries WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR client_id = ?2) \
-             AND (?3 IS NULL OR created_at >= ?3) ORDER BY seq",
-        )?;
-        let seqs = stmt
-            .query_map(params![delivery, client, since_ms], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<i64>>>()?;
-        Ok(seqs)
+        Ok(select(&self.conn, delivery, client, since_ms, None)?)
     }
 
     pub fn clients(&self, ids: &[String]) -> Result<Vec<ClientRow>> {

@@ -25,6 +25,7 @@
 //! HTTP either.
 
 pub mod inspect;
+pub mod rows;
 mod schema;
 
 use std::sync::{Arc, Mutex, mpsc};
@@ -104,6 +105,11 @@ fn private_files(path: &std::path::Path) -> Result<()> {
 /// (it holds up the next commit) and must not call the store.
 pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
 
+/// A value a [`Store::write`] returns, through the writer thread.
+type AnyValue = Box<dyn std::any::Any + Send>;
+/// A write from elsewhere than the event path.
+type AnyWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<AnyValue> + Send>;
+
 enum Op {
     Ingest {
         event: Arc<Event>,
@@ -123,13 +129,23 @@ enum Op {
         done: oneshot::Sender<Result<usize, StoreError>>,
     },
     Flush(oneshot::Sender<()>),
+    /// A write from elsewhere in the host (the API's clients, tokens, plugins):
+    /// run by the one writer like any other, so it never races an ingest. It
+    /// may run twice (a batch retried op by op), so it is `Fn`.
+    Run {
+        write: AnyWrite,
+        done: oneshot::Sender<Result<AnyValue, StoreError>>,
+    },
 }
 
 /// The handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Op>,
+    /// The workers' reads (claims, sweeps).
     reader: Arc<Mutex<Connection>>,
+    /// Everyone else's reads (the API, start-up): never queued behind a claim.
+    other: Arc<Mutex<Connection>>,
 }
 
 /// Ops taken into one transaction at most.
@@ -143,6 +159,7 @@ impl Store {
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot migrate the store {}", path.display()))?;
         let reader = schema::open(path, false)?;
+        let other = schema::open(path, false)?;
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -150,7 +167,35 @@ impl Store {
         Ok(Store {
             tx,
             reader: Arc::new(Mutex::new(reader)),
+            other: Arc::new(Mutex::new(other)),
         })
+    }
+
+    /// Runs `write` in the writer's next transaction; returns its result once
+    /// committed. For the few writes outside the event path (see [`rows`]).
+    pub async fn write<T: Send + 'static>(
+        &self,
+        write: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let write = Box::new(move |c: &Connection| write(c).map(|t| Box::new(t) as AnyValue));
+        self.tx
+            .send(Op::Run { write, done })
+            .map_err(|_| StoreError::Closed)?;
+        let out = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(*out.downcast::<T>().expect("the closure's own type"))
+    }
+
+    /// Runs `read` on a connection of its own, on the blocking pool.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.other.clone();
+        tokio::task::spawn_blocking(move || read(&conn.lock().unwrap()))
+            .await
+            .map_err(|e| StoreError::Write(format!("a store read crashed: {e}")))?
+            .map_err(StoreError::Read)
     }
 
     /// Stores `event` and its deliveries; returns their seqs once committed.
@@ -400,6 +445,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
 enum Outcome {
     Seqs(Vec<i64>),
     Count(usize),
+    Value(AnyValue),
     Nothing,
 }
 
@@ -421,6 +467,7 @@ fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             .map(|_| Outcome::Nothing),
         Op::Replay { seqs, .. } => schema::replay(conn, seqs).map(Outcome::Count),
         Op::Flush(_) => Ok(Outcome::Nothing),
+        Op::Run { write, .. } => write(conn).map(Outcome::Value),
     }
 }
 
@@ -514,6 +561,12 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
             }
             Op::Flush(done) => {
                 let _ = done.send(());
+            }
+            Op::Run { done, .. } => {
+                let _ = done.send(outcome.map(|o| match o {
+                    Outcome::Value(v) => v,
+                    _ => unreachable!("a write yields its value"),
+                }));
             }
             Op::Client { .. } => {}
         }

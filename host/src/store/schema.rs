@@ -64,6 +64,55 @@ const MIGRATIONS: &[&str] = &[
         failing_since   INTEGER
     );
     "#,
+    // 2: what the HTTP API manages (clients, their tokens, secrets and uploaded
+    // plugins), and the lookups it makes by id and by client.
+    r#"
+    -- The lookups of the API. The ids are time-ordered, so each of these grows
+    -- at its right edge: a cheap append per event, not a random B-tree insert.
+    CREATE INDEX events_id ON events (id);
+    CREATE INDEX deliveries_id ON deliveries (id);
+    CREATE INDEX deliveries_client ON deliveries (client_id, seq);
+    -- Clients created through the API; those of the config file are not here.
+    -- `spec` is the client's [[clients]] table as JSON, secrets left out.
+    CREATE TABLE api_clients (
+        id         TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- Signing secrets of API clients; a rotated-out one signs until it expires.
+    CREATE TABLE client_secrets (
+        client_id  TEXT NOT NULL,
+        secret     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
+    );
+    CREATE INDEX client_secrets_client ON client_secrets (client_id);
+    -- A client's API tokens, by the SHA-256 of the token: the token itself is
+    -- shown once and never stored.
+    CREATE TABLE client_tokens (
+        id         TEXT PRIMARY KEY,
+        client_id  TEXT NOT NULL,
+        hash       TEXT NOT NULL UNIQUE,
+        label      TEXT,
+        created_at INTEGER NOT NULL
+    );
+    -- Uploaded plugins by content hash, shared by whoever uploads the same bytes,
+    -- and which client uploaded which; client_state says which one is active.
+    CREATE TABLE plugin_blobs (
+        version    TEXT PRIMARY KEY,
+        bytes      BLOB NOT NULL,
+        world      TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE client_plugins (
+        client_id   TEXT NOT NULL,
+        version     TEXT NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        PRIMARY KEY (client_id, version)
+    ) WITHOUT ROWID;
+    ALTER TABLE client_state ADD COLUMN plugin_version TEXT;
+    "#,
 ];
 
 /// Opens a connection with the settings every connection needs.

@@ -39,7 +39,7 @@ impl Config {
     pub fn new() -> Config {
         Config {
             listen: "127.0.0.1:0".into(),
-            server: Vec::new(),
+            server: vec![format!("admin_tokens = [\"{}\"]", super::OPERATOR)],
             cache: Cache::Shared,
             plugins: Vec::new(),
             loopback: true,

@@ -152,12 +152,78 @@ impl Host {
     pub async fn status(&self) -> serde_json::Value {
         self.http
             .get(self.url("/v1/status"))
+            .bearer_auth(super::OPERATOR)
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// Calls the API: `method path` with `token` as the bearer and a JSON
+    /// `body`; returns the status and the JSON answer (`Null` for none).
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.api_bytes(method, path, token, body).await
+    }
+
+    /// Creates client `id` through the API (`spec`'s other keys as given) and a
+    /// token for it; returns (its secret, its token).
+    pub async fn api_client(
+        &self,
+        id: &str,
+        url: &str,
+        spec: serde_json::Value,
+    ) -> (String, String) {
+        let mut body = serde_json::json!({ "id": id, "url": url });
+        if let serde_json::Value::Object(extra) = spec {
+            body.as_object_mut().unwrap().extend(extra);
+        }
+        let op = Some(super::OPERATOR);
+        let (status, created) = self.api("POST", "/v1/admin/clients", op, Some(body)).await;
+        assert_eq!(status, 201, "creating client {id}: {created}");
+        let (status, tok) = self
+            .api("POST", &format!("/v1/admin/clients/{id}/tokens"), op, None)
+            .await;
+        assert_eq!(status, 201, "a token for {id}: {tok}");
+        let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+        (text(&created["secret"]), text(&tok["token"]))
+    }
+
+    /// As [`Host::api`], with the body as bytes (a plugin upload).
+    pub async fn api_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{path} answered {status} with a body that is not JSON ({e}): {text}")
+            })
+        };
+        (status, json)
     }
 
     /// Replaces a plugin the safe way: copy beside it, then rename over it.

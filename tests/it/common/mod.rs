@@ -13,6 +13,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub use config::{Client, Config};
+
+/// The operator token every host under test is configured with.
+pub const OPERATOR: &str = "operator-token-for-the-tests-0123456789";
 pub use eventually::eventually;
 pub use host::Host;
 pub use receiver::{Got, Receiver};

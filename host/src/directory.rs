@@ -1,0 +1,375 @@
+//! Who the clients are right now: those the config file declares and those
+//! created through the API (kept in the store), each with the secrets that sign
+//! for it and where its plugin comes from.
+//!
+//! Readers take a [`Snapshot`] (an `Arc`, swapped whole on every change), so the
+//! ingest path never waits on a change being made; the delivery side watches
+//! [`Directory::subscribe`] and starts, changes or stops workers to match.
+//!
+//! Rules the API relies on:
+//! - A client of the config file is managed by the file: changing or deleting
+//!   it through the API is refused ([`DirError::ManagedByFile`]). Its plugin may
+//!   still be uploaded, and its health (pause) is the queue's.
+//! - Which plugin serves: an uploaded version made active wins; without one, the
+//!   config's `plugin` file; without either, none (the event's own bytes).
+//! - Secrets: a file client's are the file's; an API client's are in the store,
+//!   newest first, and a rotated-out one signs until its overlap ends.
+
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::config::{Client, Config, Secret};
+use crate::model::now_ms;
+use crate::plugin::registry::Source;
+use crate::store::{Store, StoreError, rows};
+
+/// Where a client is declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    File,
+    Api,
+}
+
+/// One client as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub client: Client,
+    pub origin: Origin,
+    pub plugin: Source,
+    /// The `[[clients]]` keys as given (JSON), secrets left out: what the API
+    /// shows and changes. For a file client, rebuilt from the parsed client.
+    pub spec: Map<String, Value>,
+}
+
+/// Every client, sorted by id, disabled ones included.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub entries: Vec<Arc<Entry>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.entries
+            .binary_search_by(|e| e.client.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+/// Why a change to the clients was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("no client {0:?}")]
+    NotFound(String),
+    #[error("client {0:?} is declared in the config file and managed by it; change it there")]
+    ManagedByFile(String),
+    #[error("a client {0:?} exists already")]
+    Exists(String),
+    /// The spec does not make a valid client; the message names the key.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Directory {
+    /// The configuration: the file's clients, and the defaults API clients
+    /// start from.
+    config: Config,
+    store: Store,
+    current: RwLock<Arc<Snapshot>>,
+    changes: watch::Sender<u64>,
+}
+
+impl Directory {
+    /// The clients of `config` and of `store`.
+    pub async fn open(config: Config, store: Store) -> Result<Directory, StoreError> {
+        let dir = Directory {
+            config,
+            store,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            changes: watch::channel(0).0,
+        };
+        dir.reload().await?;
+        Ok(dir)
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap().clone()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Changes whenever a client is added, changed or removed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Reads the API's clients from the store again and publishes the result if
+    /// anything changed. A stored client that no longer checks (a default it
+    /// relied on changed, say) is logged and left out, never half-served.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let (clients, secrets, uploads) = self
+            .store
+            .read(|c| {
+                Ok((
+                    rows::api_clients(c)?,
+                    rows::secrets(c)?,
+                    rows::active_uploads(c)?,
+                ))
+            })
+            .await?;
+        let upload_of = |id: &str| {
+            uploads
+                .iter()
+                .find(|(c, _)| c == id)
+                .map(|(_, v)| Source::Upload(v.clone()))
+        };
+        let mut entries: Vec<Arc<Entry>> = Vec::new();
+        for c in &self.config.clients {
+            entries.push(Arc::new(Entry {
+                plugin: upload_of(&c.id)
+                    .or_else(|| c.plugin.clone().map(Source::File))
+                    .unwrap_or(Source::None),
+                spec: spec_of(c),
+                client: c.clone(),
+                origin: Origin::File,
+            }));
+        }
+        for row in clients {
+            if self.config.client(&row.id).is_some() {
+                tracing::warn!(client = %row.id, "a client of this id is in both the config file and the store; the file's serves");
+                continue;
+            }
+            let spec: Map<String, Value> = match serde_json::from_str(&row.spec) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(client = %row.id, "stored client does not parse, left out: {e}");
+                    continue;
+                }
+            };
+            let mut client = match self.config.client_from_json(&spec) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(client = %row.id, "stored client no longer checks, left out: {e:#}");
+                    continue;
+                }
+            };
+            client.secrets = secrets
+                .iter()
+                .filter(|s| s.client_id == row.id)
+                .filter_map(|s| {
+                    let mut secret = Secret::parse(&s.secret).ok()?;
+                    secret.until = s.expires_at;
+                    Some(secret)
+                })
+                .collect();
+            entries.push(Arc::new(Entry {
+                plugin: upload_of(&row.id)
+                    .or_else(|| client.plugin.clone().map(Source::File))
+                    .unwrap_or(Source::None),
+                client,
+                origin: Origin::Api,
+                spec,
+            }));
+        }
+        entries.sort_by(|a, b| a.client.id.cmp(&b.client.id));
+        let changed = {
+            let mut cur = self.current.write().unwrap();
+            let same = cur.entries.len() == entries.len()
+                && cur.entries.iter().zip(&entries).all(|(a, b)| a == b);
+            if !same {
+                *cur = Arc::new(Snapshot { entries });
+            }
+            !same
+        };
+        if changed {
+            self.changes.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    /// Creates a client from the keys of a `[[clients]]` table. Without a
+    /// `secret`, one is made; the secret is returned, to be shown this once.
+    pub async fn create(
+        &self,
+        mut spec: Map<String, Value>,
+    ) -> Result<(Arc<Entry>, String), DirError> {
+        let secret = match spec.remove("secret") {
+            None | Some(Value::Null) => Secret::generate(),
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(DirError::Invalid(
+                    "secret must be a string `whsec_…`".into(),
+                ));
+            }
+        };
+        let mut with_secret = spec.clone();
+        with_secret.insert("secret".into(), Value::String(secret.clone()));
+        let client = self
+            .config
+            .client_from_json(&with_secret)
+            .map_err(|e| DirError::Invalid(format!("{e:#}")))?;
+        let id = client.id.clone();
+        if self.config.client(&id).is_some() {
+            return Err(DirError::ManagedByFile(id));
+        }
+        let text = Value::Object(spec).to_string();
+        let (sid, sec) = (id.clone(), secret.clone());
+        let created = self
+            .store
+            .write(move |c| {
+                let created = rows::put_api_client(c, &sid, &text, true)?;
+                if created {
+                    rows::add_secret(c, &sid, &sec, now_ms())?;
+                }
+                Ok(created)
+            })
+            .await?;
+        if !created {
+            return Err(DirError::Exists(id));
+        }
+        self.reload().await?;
+        let entry = self
+            .current()
+            .get(&id)
+            .cloned()
+            .ok_or(DirError::NotFound(id))?;
+        Ok((entry, secret))
+    }
+
+    /// Changes an API client: `patch`'s keys replace the spec's (a `null`
+    /// removes one). The id cannot change; secrets change by rotation only.
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: Map<String, Value>,
+    ) -> Result<Arc<Entry>, DirError> {
+        let entry = self.api_entry(id)?;
+        let mut spec = entry.spec.clone();
+        for (k, v) in patch {
+            match k.as_str() {
+                "id" if v.as_str() != Some(id) => {
+                    return Err(DirError::Invalid(
+                        "id cannot change; create a new client".into(),
+                    ));
+                }
+                "secret" => {
+                    return Err(DirError::Invalid(
+                        "secret cannot be set by a change; rotate it (POST /v1/clients/{id}/secret/rotate)".into(),
+                    ));
+                }
+                _ if v.is_null() => {
+                    spec.remove(&k);
+                }
+                _ => {
+                    spec.insert(k, v);
+                }
+            }
+        }
+        self.config
+            .client_from_json(&spec)
+            .map_err(|e| DirError::Invalid(format!("{e:#}")))?;
+        let text = Value::Object(spec).to_string();
+        let sid = id.to_string();
+        if !self
+            .store
+            .write(move |c| rows::put_api_client(c, &sid, &text, false))
+            .await?
+        {
+            return Err(DirError::NotFound(id.into()));
+        }
+        self.reload().await?;
+        self.current()
+            .get(id)
+            .cloned()
+            .ok_or(DirError::NotFound(id.into()))
+    }
+
+    /// Deletes an API client, its tokens, secrets and uploads; its unfinished
+    /// deliveries fail.
+    pub async fn delete(&self, id: &str) -> Result<(), DirError> {
+        self.api_entry(id)?;
+        let sid = id.to_string();
+        if !self
+            .store
+            .write(move |c| rows::delete_api_client(c, &sid))
+            .await?
+        {
+            return Err(DirError::NotFound(id.into()));
+        }
+        self.reload().await?;
+        Ok(())
+    }
+
+    /// Gives an API client a new secret; the ones before sign for `overlap`
+    /// more. Returns the new secret, to be shown this once.
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        overlap: std::time::Duration,
+    ) -> Result<String, DirError> {
+        self.api_entry(id)?;
+        let secret = Secret::generate();
+        let (sid, sec) = (id.to_string(), secret.clone());
+        let until = now_ms() + overlap.as_millis() as i64;
+        self.store
+            .write(move |c| rows::add_secret(c, &sid, &sec, until))
+            .await?;
+        self.reload().await?;
+        Ok(secret)
+    }
+
+    /// Makes `version` (or no upload) the client's active plugin.
+    pub async fn set_upload(&self, id: &str, version: Option<String>) -> Result<(), DirError> {
+        self.entry(id)?;
+        let sid = id.to_string();
+        self.store
+            .write(move |c| rows::set_active_upload(c, &sid, version.as_deref()))
+            .await?;
+        self.reload().await?;
+        Ok(())
+    }
+
+    pub fn entry(&self, id: &str) -> Result<Arc<Entry>, DirError> {
+        self.current()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| DirError::NotFound(id.into()))
+    }
+
+    fn api_entry(&self, id: &str) -> Result<Arc<Entry>, DirError> {
+        let entry = self.entry(id)?;
+        match entry.origin {
+            Origin::File => Err(DirError::ManagedByFile(id.into())),
+            Origin::Api => Ok(entry),
+        }
+    }
+}
+
+/// A file client's settings as the API shows them (no secrets).
+fn spec_of(c: &Client) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("id".into(), c.id.clone().into());
+    m.insert("url".into(), c.url.to_string().into());
+    if let Some(p) = &c.plugin {
+        m.insert("plugin".into(), p.clone().into());
+    }
+    m.insert("events".into(), c.events.clone().into());
+    m.insert("enabled".into(), c.enabled.into());
+    m.insert(
+        "config".into(),
+        Value::Object(
+            c.config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect(),
+        ),
+    );
+    m
+}
