@@ -332,6 +332,10 @@ async fn replay_resends_one_delivery_or_a_clients_since_a_time() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("3 deliveries"), "{out}");
     recv.wait_for("/c", 7, WAIT).await;
+    assert!(
+        host.log().contains("deliveries replayed through the API"),
+        "with a host running, the command goes through its API"
+    );
 
     let (code, _, err) = host.cli(&["replay", "--delivery", "msg_nope"]);
     assert_eq!(code, 1);

@@ -1,5 +1,12 @@
 //! Commands that read or act on a store beside a running host: `deliveries`,
 //! `replay`, `ingest`, `clients`.
+//!
+//! Reads open the store themselves (WAL lets them run beside the host). The
+//! writes (`replay`, `clients enable`) go through the running host's API when
+//! one answers at `server.listen` and an operator token is at hand
+//! (`server.admin_tokens` or `HOOKWASM_ADMIN_TOKEN`), so the host applies them
+//! at once; with no host running they write the store, which a host reads
+//! when it starts.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,10 +24,8 @@ pub fn deliveries(
     json: bool,
 ) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    if let Some(c) = client
-        && config.client(c).is_none()
-    {
-        bail!("no client {c:?} in the config");
+    if let Some(c) = client {
+        known_client(&config, c)?;
     }
     if let Some(s) = state
         && hookwasm::model::State::parse(s).is_none()
@@ -85,12 +90,32 @@ pub async fn replay(
     if delivery.is_none() && client.is_none() {
         bail!("say what to replay: --delivery msg_… or --client ID --since TIME");
     }
-    if let Some(c) = client
-        && config.client(c).is_none()
-    {
-        bail!("no client {c:?} in the config");
+    if let Some(c) = client {
+        known_client(&config, c)?;
     }
     let since_ms = since.map(parse_since).transpose()?;
+    if let Some(api) = running_api(&config).await {
+        let (path, body) = match delivery {
+            Some(id) => (
+                format!("/v1/admin/deliveries/{id}/replay"),
+                serde_json::json!({}),
+            ),
+            None => (
+                "/v1/admin/replay".to_string(),
+                serde_json::json!({ "client": client, "since": since_ms.map(|t| t.to_string()) }),
+            ),
+        };
+        let replayed = match api.post(&path, body).await {
+            Ok(answer) => answer["replayed"].as_u64().unwrap_or(0),
+            Err(ApiRefusal::Status(404, _)) => 0,
+            Err(e) => bail!("{e}"),
+        };
+        if replayed == 0 {
+            bail!("no delivery matches");
+        }
+        println!("{replayed} deliveries will be sent again by the running host");
+        return Ok(ExitCode::SUCCESS);
+    }
     let seqs = Inspector::open(&config.store.path)?.select(delivery, client, since_ms)?;
     if seqs.is_empty() {
         bail!("no delivery matches");
@@ -192,8 +217,10 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
 
 pub fn clients_list(config: &Path) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    let ids: Vec<String> = config.clients.iter().map(|c| c.id.clone()).collect();
-    for c in Inspector::open(&config.store.path)?.clients(&ids)? {
+    let inspector = Inspector::open(&config.store.path)?;
+    let mut ids: Vec<String> = config.clients.iter().map(|c| c.id.clone()).collect();
+    ids.extend(inspector.api_clients().unwrap_or_default());
+    for c in inspector.clients(&ids)? {
         let health = match (&c.disabled_reason, c.failing_since) {
             (Some(r), _) => format!("DISABLED: {r}"),
             (None, Some(t)) => format!("failing since {}", format_ms(t)),
@@ -207,12 +234,116 @@ pub fn clients_list(config: &Path) -> Result<ExitCode> {
 
 pub async fn clients_enable(config: &Path, id: &str) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    if config.client(id).is_none() {
-        bail!("no client {id:?} in the config");
+    known_client(&config, id)?;
+    if let Some(api) = running_api(&config).await {
+        api.post(&format!("/v1/clients/{id}/resume"), serde_json::json!({}))
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        println!("client {id} enabled; the running host resumes its deliveries now");
+        return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(&config.store.path)?;
     store.set_client(id, None, None);
     store.flush().await;
     println!("client {id} enabled; the running host resumes its deliveries within seconds");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `id` is a client of the config file or one created through the API.
+fn known_client(config: &Config, id: &str) -> Result<()> {
+    if config.client(id).is_some() {
+        return Ok(());
+    }
+    let stored = Inspector::open(&config.store.path)
+        .and_then(|i| i.api_clients())
+        .unwrap_or_default();
+    if stored.iter().any(|c| c == id) {
+        return Ok(());
+    }
+    bail!("no client {id:?} in the config or among the clients created through the API")
+}
+
+/// Why a call to the running host's API gave nothing.
+#[derive(Debug, thiserror::Error)]
+enum ApiRefusal {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{1}")]
+    Status(u16, String),
+}
+
+/// The API of a host running with this config.
+struct RunningApi {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl RunningApi {
+    /// POSTs `body` to `path` as the operator; the answer, or why not.
+    async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, ApiRefusal> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                ApiRefusal::Unreachable(format!("the host at {} did not answer: {e}", self.base))
+            })?;
+        let status = resp.status();
+        let answer: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let why = answer["error"].as_str().unwrap_or("(no reason given)");
+            return Err(ApiRefusal::Status(
+                status.as_u16(),
+                format!("the host said {status}: {why}"),
+            ));
+        }
+        Ok(answer)
+    }
+}
+
+/// The running host's API, if a host answers at `server.listen` and an
+/// operator token is configured; `None` means: write the store.
+async fn running_api(config: &Config) -> Option<RunningApi> {
+    let addr = config.server.listen;
+    let host = if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let base = format!("http://{host}");
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .ok()?;
+    let alive = http
+        .get(format!("{base}/healthz"))
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !alive {
+        return None;
+    }
+    match config.server.admin_tokens.first() {
+        Some(token) => Some(RunningApi {
+            base,
+            token: token.clone(),
+            http,
+        }),
+        None => {
+            eprintln!(
+                "hookwasm: a host is running at {base}, but no operator token is configured \
+                 (server.admin_tokens or HOOKWASM_ADMIN_TOKEN): writing the store; the host picks it up within seconds"
+            );
+            None
+        }
+    }
 }

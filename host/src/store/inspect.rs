@@ -276,6 +276,14 @@ impl Inspector {
         Ok(select(&self.conn, delivery, client, since_ms, None)?)
     }
 
+    /// The ids of the clients created through the API.
+    pub fn api_clients(&self) -> Result<Vec<String>> {
+        Ok(super::rows::api_clients(&self.conn)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect())
+    }
+
     pub fn clients(&self, ids: &[String]) -> Result<Vec<ClientRow>> {
         let mut out = Vec::new();
         for id in ids {
