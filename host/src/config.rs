@@ -30,7 +30,8 @@ pub struct Config {
     pub clients: Vec<Client>,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` by hand: the tokens are never printed.
+#[derive(Clone)]
 pub struct Server {
     pub listen: SocketAddr,
     pub ingest_token: Option<String>,
@@ -46,6 +47,17 @@ pub struct Server {
     pub idle_timeout: Duration,
     /// Connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listen", &self.listen)
+            .field("ingest_token", &self.ingest_token.as_ref().map(|_| "…"))
+            .field("admin_tokens", &self.admin_tokens.len())
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -10,10 +10,15 @@
 //! - A client of the config file is managed by the file: changing or deleting
 //!   it through the API is refused ([`DirError::ManagedByFile`]). Its plugin may
 //!   still be uploaded, and its health (pause) is the queue's.
-//! - Which plugin serves: an uploaded version made active wins; without one, the
-//!   config's `plugin` file; without either, none (the event's own bytes).
+//! - Which plugin serves: the operator's `plugin` (a file in `plugins.dir`, set
+//!   in the config file or by an operator through the API) when there is one —
+//!   it may exist to redact what the client gets, so the client cannot replace
+//!   it ([`DirError::OperatorPlugin`]); else the client's active upload; else
+//!   none (the event's own bytes).
 //! - Secrets: a file client's are the file's; an API client's are in the store,
 //!   newest first, and a rotated-out one signs until its overlap ends.
+//! - Changes are made one at a time (store write, re-read, swap), so two at
+//!   once cannot undo each other; a deleted API client's id is never given again.
 
 use std::sync::{Arc, RwLock};
 
@@ -66,8 +71,14 @@ pub enum DirError {
     NotFound(String),
     #[error("client {0:?} is declared in the config file and managed by it; change it there")]
     ManagedByFile(String),
-    #[error("a client {0:?} exists already")]
+    #[error(
+        "the id {0:?} is taken: a client has it, or had it (its history stays in the store); choose another"
+    )]
     Exists(String),
+    #[error(
+        "client {0:?} has the plugin {1} set by the operator, which may exist to redact what it gets; an upload cannot replace it"
+    )]
+    OperatorPlugin(String, String),
     /// The spec does not make a valid client; the message names the key.
     #[error("{0}")]
     Invalid(String),
@@ -82,6 +93,8 @@ pub struct Directory {
     store: Store,
     current: RwLock<Arc<Snapshot>>,
     changes: watch::Sender<u64>,
+    /// Held by every change from its store write to its swap.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Directory {
@@ -92,6 +105,7 @@ impl Directory {
             store,
             current: RwLock::new(Arc::new(Snapshot::default())),
             changes: watch::channel(0).0,
+            changing: tokio::sync::Mutex::new(()),
         };
         dir.reload().await?;
         Ok(dir)
@@ -114,6 +128,11 @@ impl Directory {
     /// anything changed. A stored client that no longer checks (a default it
     /// relied on changed, say) is logged and left out, never half-served.
     pub async fn reload(&self) -> Result<(), StoreError> {
+        let _one = self.changing.lock().await;
+        self.reload_locked().await
+    }
+
+    async fn reload_locked(&self) -> Result<(), StoreError> {
         let (clients, secrets, uploads) = self
             .store
             .read(|c| {
@@ -133,9 +152,7 @@ impl Directory {
         let mut entries: Vec<Arc<Entry>> = Vec::new();
         for c in &self.config.clients {
             entries.push(Arc::new(Entry {
-                plugin: upload_of(&c.id)
-                    .or_else(|| c.plugin.clone().map(Source::File))
-                    .unwrap_or(Source::None),
+                plugin: source(c, upload_of(&c.id)),
                 spec: spec_of(c),
                 client: c.clone(),
                 origin: Origin::File,
@@ -170,9 +187,7 @@ impl Directory {
                 })
                 .collect();
             entries.push(Arc::new(Entry {
-                plugin: upload_of(&row.id)
-                    .or_else(|| client.plugin.clone().map(Source::File))
-                    .unwrap_or(Source::None),
+                plugin: source(&client, upload_of(&row.id)),
                 client,
                 origin: Origin::Api,
                 spec,
@@ -200,6 +215,7 @@ impl Directory {
         &self,
         mut spec: Map<String, Value>,
     ) -> Result<(Arc<Entry>, String), DirError> {
+        let _one = self.changing.lock().await;
         let secret = match spec.remove("secret") {
             None | Some(Value::Null) => Secret::generate(),
             Some(Value::String(s)) => s,
@@ -234,7 +250,7 @@ impl Directory {
         if !created {
             return Err(DirError::Exists(id));
         }
-        self.reload().await?;
+        self.reload_locked().await?;
         let entry = self
             .current()
             .get(&id)
@@ -250,6 +266,7 @@ impl Directory {
         id: &str,
         patch: Map<String, Value>,
     ) -> Result<Arc<Entry>, DirError> {
+        let _one = self.changing.lock().await;
         let entry = self.api_entry(id)?;
         let mut spec = entry.spec.clone();
         for (k, v) in patch {
@@ -284,16 +301,18 @@ impl Directory {
         {
             return Err(DirError::NotFound(id.into()));
         }
-        self.reload().await?;
+        self.reload_locked().await?;
         self.current()
             .get(id)
             .cloned()
             .ok_or(DirError::NotFound(id.into()))
     }
 
-    /// Deletes an API client, its tokens, secrets and uploads; its unfinished
-    /// deliveries fail.
+    /// Deletes an API client with its tokens, secrets and uploads; its id is not
+    /// given again. Its unfinished deliveries are the caller's to end once its
+    /// worker stopped ([`Directory::fail_unfinished`]).
     pub async fn delete(&self, id: &str) -> Result<(), DirError> {
+        let _one = self.changing.lock().await;
         self.api_entry(id)?;
         let sid = id.to_string();
         if !self
@@ -303,7 +322,7 @@ impl Directory {
         {
             return Err(DirError::NotFound(id.into()));
         }
-        self.reload().await?;
+        self.reload_locked().await?;
         Ok(())
     }
 
@@ -314,6 +333,7 @@ impl Directory {
         id: &str,
         overlap: std::time::Duration,
     ) -> Result<String, DirError> {
+        let _one = self.changing.lock().await;
         self.api_entry(id)?;
         let secret = Secret::generate();
         let (sid, sec) = (id.to_string(), secret.clone());
@@ -321,18 +341,38 @@ impl Directory {
         self.store
             .write(move |c| rows::add_secret(c, &sid, &sec, until))
             .await?;
-        self.reload().await?;
+        self.reload_locked().await?;
         Ok(secret)
+    }
+
+    /// Fails a deleted client's unfinished deliveries; how many.
+    pub async fn fail_unfinished(&self, id: &str) -> Result<usize, DirError> {
+        let sid = id.to_string();
+        Ok(self
+            .store
+            .write(move |c| rows::fail_unfinished(c, &sid))
+            .await?)
+    }
+
+    /// Whether the client's own uploads may serve it: not when the operator
+    /// set its `plugin`.
+    pub fn uploads_allowed(&self, id: &str) -> Result<Arc<Entry>, DirError> {
+        let entry = self.entry(id)?;
+        match &entry.client.plugin {
+            Some(file) => Err(DirError::OperatorPlugin(id.into(), file.clone())),
+            None => Ok(entry),
+        }
     }
 
     /// Makes `version` (or no upload) the client's active plugin.
     pub async fn set_upload(&self, id: &str, version: Option<String>) -> Result<(), DirError> {
-        self.entry(id)?;
+        let _one = self.changing.lock().await;
+        self.uploads_allowed(id)?;
         let sid = id.to_string();
         self.store
             .write(move |c| rows::set_active_upload(c, &sid, version.as_deref()))
             .await?;
-        self.reload().await?;
+        self.reload_locked().await?;
         Ok(())
     }
 
@@ -349,6 +389,14 @@ impl Directory {
             Origin::File => Err(DirError::ManagedByFile(id.into())),
             Origin::Api => Ok(entry),
         }
+    }
+}
+
+/// Where a client's plugin comes from: the operator's `plugin` file first.
+fn source(client: &Client, upload: Option<Source>) -> Source {
+    match &client.plugin {
+        Some(file) => Source::File(file.clone()),
+        None => upload.unwrap_or(Source::None),
     }
 }
 

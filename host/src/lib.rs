@@ -93,6 +93,7 @@ pub async fn run(
             .context("cannot read the API tokens from the store")?,
         directory: directory.clone(),
         store: store.clone(),
+        uploading: Default::default(),
     }));
     tracing::info!(
         listen = %listener.local_addr()?, clients = directory.current().entries.len(),
@@ -125,7 +126,7 @@ pub async fn run(
 /// made active.
 async fn load_active_uploads(
     store: &store::Store,
-    registry: &plugin::registry::Registry,
+    registry: &Arc<plugin::registry::Registry>,
     directory: &directory::Directory,
 ) -> Result<()> {
     for entry in &directory.current().entries {

@@ -94,6 +94,17 @@ async fn a_client_uploads_dry_runs_activates_and_rolls_back_its_own_plugin() {
         .iter()
         .map(|h| h[0].as_str().unwrap().to_string())
         .collect();
+    let signature = dry["request_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "webhook-signature")
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .unwrap();
+    assert!(
+        signature.contains("<redacted>"),
+        "a dry run signs nothing: {signature}"
+    );
     for h in [
         "content-type",
         "user-agent",
@@ -386,13 +397,15 @@ async fn a_client_token_reaches_its_own_routes_only() {
 }
 
 /// A client of the config file is the file's: the API refuses to change it
-/// (409), but its plugin may be uploaded, and an active upload serves over the
-/// file's `plugin`; taking the upload away gives the file's back.
+/// (409). The operator's `plugin` serves and the client cannot replace it, nor
+/// see the events it may redact; a client without one may upload its own,
+/// and taking the upload away gives the event as received again.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_file_client_is_managed_by_the_file_and_an_upload_serves_over_its_plugin() {
+async fn file_clients_are_the_files_and_an_operator_plugin_is_not_replaced() {
     let recv = Receiver::start().await;
     let host = Config::new()
         .client(Client::to(&recv, "filed").plugin("chat-message.wasm"))
+        .client(Client::to(&recv, "bare"))
         .install("chat-message")
         .start()
         .await;
@@ -428,35 +441,127 @@ async fn a_file_client_is_managed_by_the_file_and_an_upload_serves_over_its_plug
     assert_eq!(shown["plugin"]["source"], "file");
 
     let redact = std::fs::read(plugin("redact-subscribers")).unwrap();
+    let (status, refused) = host
+        .api_bytes("PUT", "/v1/clients/filed/plugin", op, Some(redact.clone()))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("set by the operator"),
+        "{refused}"
+    );
+
     let (status, up) = host
-        .api_bytes("PUT", "/v1/clients/filed/plugin", op, Some(redact))
+        .api_bytes("PUT", "/v1/clients/bare/plugin", op, Some(redact))
         .await;
     assert_eq!(status, 201, "{up}");
     let st = host.status().await;
-    let me = st["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "filed")
-        .unwrap()
-        .clone();
-    assert_eq!(me["plugin_source"], "upload", "{st}");
+    let source = |id: &str| {
+        st["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap()["plugin_source"]
+            .clone()
+    };
+    assert_eq!(source("bare"), "upload", "{st}");
+    assert_eq!(source("filed"), "file", "{st}");
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
-    let got = recv.wait_for("/filed", 1, WAIT).await;
+    let filed = recv.wait_for("/filed", 1, WAIT).await;
+    let bare = recv.wait_for("/bare", 1, WAIT).await;
     assert!(
-        !String::from_utf8_lossy(&got[0].body).contains("\"text\""),
-        "the upload serves, not the file"
+        String::from_utf8_lossy(&filed[0].body).contains("\"text\""),
+        "the operator's plugin"
+    );
+    assert_ne!(&bare[0].body[..], &fixture(EVENT)[..], "the upload renders");
+
+    // The client behind the operator's plugin sees what it was sent, not the event.
+    let (_, tok) = host
+        .api("POST", "/v1/admin/clients/filed/tokens", op, None)
+        .await;
+    let token = tok["token"].as_str().unwrap().to_string();
+    let did = filed[0].header("webhook-id");
+    let (status, one) = host
+        .api(
+            "GET",
+            &format!("/v1/clients/filed/deliveries/{did}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["event_body"], Value::Null, "{one}");
+    assert!(
+        one["rendered"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"text\""),
+        "{one}"
     );
 
     let (status, _) = host
-        .api("DELETE", "/v1/clients/filed/plugin", op, None)
+        .api("DELETE", "/v1/clients/bare/plugin", op, None)
         .await;
     assert_eq!(status, 200);
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
-    let got = recv.wait_for("/filed", 2, WAIT).await;
+    let bare = recv.wait_for("/bare", 2, WAIT).await;
+    assert_eq!(
+        &bare[1].body[..],
+        &fixture(EVENT)[..],
+        "no upload: the event as received"
+    );
+}
+
+/// A deleted client stops at once: its waiting deliveries fail, its token is
+/// refused, and its id is not given to a new client (which would see its past).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_client_stops_and_its_id_is_not_given_again() {
+    let recv = Receiver::start().await;
+    let host = Config::new().start().await;
+    let op = Some(OPERATOR);
+    let (_, token) = host.api_client("gone", &recv.url("/gone"), json!({})).await;
+    let (status, _) = host
+        .api("POST", "/v1/clients/gone/pause", Some(&token), None)
+        .await;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    }
+    let (status, _) = host.api("DELETE", "/v1/admin/clients/gone", op, None).await;
+    assert_eq!(status, 204);
+    let (_, page) = host
+        .api("GET", "/v1/admin/deliveries?client=gone", op, None)
+        .await;
+    let states: Vec<&str> = page["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["failed", "failed"], "{page}");
+    assert_eq!(
+        host.api("GET", "/v1/clients/gone", Some(&token), None)
+            .await
+            .0,
+        401
+    );
+    let (status, again) = host
+        .api(
+            "POST",
+            "/v1/admin/clients",
+            op,
+            Some(json!({ "id": "gone", "url": recv.url("/gone") })),
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        String::from_utf8_lossy(&got[1].body).contains("\"text\""),
-        "the file's plugin serves again"
+        recv.got("/gone").is_empty(),
+        "nothing went to the deleted client"
     );
 }
 

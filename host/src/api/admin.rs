@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::Operator;
 use super::openapi::*;
-use super::{Api, ApiError, ApiResult, json_body, parse_time, query_pairs};
+use super::{Api, ApiError, ApiResult, P, json_body, parse_time, query_pairs};
 use crate::directory::Entry;
 use crate::model::State as DeliveryState;
 use crate::store::inspect;
@@ -111,7 +111,7 @@ async fn create_client(
 
 #[utoipa::path(get, path = "/v1/admin/clients/{id}", tag = "operator", security(("operator" = [])), params(("id" = String, Path, description = "the client's id")),
     responses((status = 200, description = "the client (no secret)", body = ClientView), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
-async fn get_client(_: Operator, State(st): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+async fn get_client(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
     let entry = st.directory.entry(&id)?;
     Ok(Json(client_view(&st, &entry).await?).into_response())
 }
@@ -124,7 +124,7 @@ async fn get_client(_: Operator, State(st): State<Arc<Api>>, Path(id): Path<Stri
 async fn patch_client(
     _: Operator,
     State(st): State<Arc<Api>>,
-    Path(id): Path<String>,
+    P(id): P<String>,
     body: axum::body::Body,
 ) -> ApiResult {
     let patch: Map<String, Value> = json_body(&st, body).await?;
@@ -135,15 +135,15 @@ async fn patch_client(
 #[utoipa::path(delete, path = "/v1/admin/clients/{id}", tag = "operator", security(("operator" = [])), params(("id" = String, Path, description = "the client's id")),
     responses((status = 204, description = "deleted with its tokens, secrets and uploads; its unfinished deliveries fail"),
         (status = 409, description = "the client is the config file's", body = ErrorBody), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
-async fn delete_client(
-    _: Operator,
-    State(st): State<Arc<Api>>,
-    Path(id): Path<String>,
-) -> ApiResult {
+async fn delete_client(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
     st.directory.delete(&id).await?;
-    super::in_force(&st).await;
     st.auth.forget_client(&id);
-    tracing::info!(client = %id, "client deleted through the API");
+    // Its worker stops taking work before its deliveries are ended, so none
+    // of them is sent after this answer (attempts in flight finish).
+    super::in_force(&st).await;
+    st.queue.forget(&id);
+    let ended = st.directory.fail_unfinished(&id).await?;
+    tracing::info!(client = %id, unfinished_deliveries_failed = ended, "client deleted through the API");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -160,7 +160,7 @@ struct NewToken {
 async fn create_token(
     _: Operator,
     State(st): State<Arc<Api>>,
-    Path(id): Path<String>,
+    P(id): P<String>,
     body: axum::body::Body,
 ) -> ApiResult {
     st.directory.entry(&id)?;
@@ -182,7 +182,7 @@ async fn create_token(
 
 #[utoipa::path(get, path = "/v1/admin/clients/{id}/tokens", tag = "operator", security(("operator" = [])), params(("id" = String, Path, description = "the client's id")),
     responses((status = 200, description = "the client's tokens, never their values", body = TokenList), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
-async fn list_tokens(_: Operator, State(st): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+async fn list_tokens(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
     st.directory.entry(&id)?;
     Ok(Json(json!({ "tokens": st.auth.list(&id) })).into_response())
 }
@@ -193,7 +193,7 @@ async fn list_tokens(_: Operator, State(st): State<Arc<Api>>, Path(id): Path<Str
 async fn revoke_token(
     _: Operator,
     State(st): State<Arc<Api>>,
-    Path((id, token_id)): Path<(String, String)>,
+    P((id, token_id)): P<(String, String)>,
 ) -> ApiResult {
     if !st.auth.revoke(&id, &token_id).await? {
         return Err(ApiError::not_found(format!(
@@ -258,7 +258,14 @@ pub(super) async fn deliveries_page(
 
 /// One delivery with its attempts, its event and its rendering; of `client`
 /// only, when given (another's is "not found").
-pub(super) async fn delivery(st: &Api, id: String, client: Option<&str>) -> ApiResult {
+/// `hide_event`: the raw event is left out (a client whose operator plugin may
+/// redact it).
+pub(super) async fn delivery(
+    st: &Api,
+    id: String,
+    client: Option<&str>,
+    hide_event: bool,
+) -> ApiResult {
     let client = client.map(str::to_string);
     let found = st
         .store
@@ -271,7 +278,11 @@ pub(super) async fn delivery(st: &Api, id: String, client: Option<&str>) -> ApiR
         return Err(ApiError::not_found(format!("no delivery {id:?}")));
     };
     let mut v = serde_json::to_value(&row).unwrap_or_default();
-    v["event_body"] = detail.event_body.into();
+    v["event_body"] = if hide_event {
+        Value::Null
+    } else {
+        detail.event_body.into()
+    };
     v["received_at"] = detail.received_at.into();
     v["rendered"] = serde_json::to_value(&detail.rendered).unwrap_or_default();
     Ok(Json(v).into_response())
@@ -324,19 +335,15 @@ async fn list_deliveries(
     params(("id" = String, Path, description = "`msg_…`")),
     responses((status = 200, description = "the delivery, its event, its rendering and every attempt", body = DeliveryDetail),
         (status = 404, description = "no such delivery", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
-async fn get_delivery(
-    _: Operator,
-    State(st): State<Arc<Api>>,
-    Path(id): Path<String>,
-) -> ApiResult {
-    delivery(&st, id, None).await
+async fn get_delivery(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
+    delivery(&st, id, None, false).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/deliveries/{id}/replay", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "`msg_…`")),
     responses((status = 202, description = "due again: sent as stored, or rendered afresh if it never was", body = Replayed),
         (status = 404, description = "no such delivery, or a pending one", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
-async fn replay_one(_: Operator, State(st): State<Arc<Api>>, Path(id): Path<String>) -> ApiResult {
+async fn replay_one(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
     replay_answer(&st, Some(id), None, None, None).await
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{Caller, ClientAccess};
 use super::openapi::*;
-use super::{Api, ApiError, ApiResult, json_body};
+use super::{Api, ApiError, ApiResult, P, json_body};
 use crate::config::Client;
 use crate::deliver::ssrf::AddressPolicy;
 use crate::directory::Entry;
@@ -176,9 +176,12 @@ async fn list_own(
 async fn get_own_delivery(
     access: ClientAccess,
     State(st): State<Arc<Api>>,
-    Path((_, did)): Path<(String, String)>,
+    P((_, did)): P<(String, String)>,
 ) -> ApiResult {
-    super::admin::delivery(&st, did, Some(access.id())).await
+    // Behind the operator's plugin the client sees what it was sent, not the
+    // event the plugin may have redacted.
+    let hide = access.caller != Caller::Operator && access.entry.client.plugin.is_some();
+    super::admin::delivery(&st, did, Some(access.id()), hide).await
 }
 
 #[utoipa::path(post, path = "/v1/clients/{id}/deliveries/{did}/replay", tag = "client", security(("operator" = []), ("client" = [])), params(("id" = String, Path, description = "the client's id"), ("did" = String, Path, description = "the delivery's id (`msg_…`, its `webhook-id`)")),
@@ -186,7 +189,7 @@ async fn get_own_delivery(
 async fn replay_own(
     access: ClientAccess,
     State(st): State<Arc<Api>>,
-    Path((_, did)): Path<(String, String)>,
+    P((_, did)): P<(String, String)>,
 ) -> ApiResult {
     super::admin::replay_answer(&st, Some(did), Some(access.id().to_string()), None, None).await
 }

@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::openapi::*;
-use super::{Api, TokenQuery, error, token_refusal};
+use super::{Api, Q, TokenQuery, error, token_refusal};
 use crate::event::Event;
 use crate::model::new_event_id;
 
@@ -29,7 +29,7 @@ use crate::model::new_event_id;
         (status = 413, description = "over `server.max_body`", body = ErrorBody), (status = 415, description = "another content type", body = ErrorBody)))]
 pub(super) async fn post_event(
     State(st): State<Arc<Api>>,
-    Query(q): Query<TokenQuery>,
+    Q(q): Q<TokenQuery>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {

@@ -58,6 +58,8 @@ pub struct Api {
     pub directory: Arc<Directory>,
     pub store: Store,
     pub auth: auth::Auth,
+    /// Clients with an upload being compiled: one at a time each.
+    pub uploading: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub fn router(state: Arc<Api>) -> axum::Router {
@@ -124,7 +126,9 @@ impl From<DirError> for ApiError {
     fn from(e: DirError) -> ApiError {
         let status = match &e {
             DirError::NotFound(_) => StatusCode::NOT_FOUND,
-            DirError::ManagedByFile(_) | DirError::Exists(_) => StatusCode::CONFLICT,
+            DirError::ManagedByFile(_) | DirError::Exists(_) | DirError::OperatorPlugin(..) => {
+                StatusCode::CONFLICT
+            }
             DirError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             DirError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -152,6 +156,48 @@ impl From<crate::queue::QueueError> for ApiError {
 }
 
 type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// axum's `Path`, refusing with a JSON error like every other refusal.
+pub struct P<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for P<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| P(t))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
+}
+
+/// axum's `Query`, refusing with a JSON error.
+pub struct Q<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(t)| Q(t))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
+}
 
 /// Waits until a change of the clients is in force in the workers, so that an
 /// answer means what it says (the next delivery uses the change).

@@ -59,6 +59,10 @@ async fn upload(
             )));
         }
     };
+    // The operator's plugin is not the client's to replace: say so before
+    // reading megabytes.
+    st.directory.uploads_allowed(access.id())?;
+    let _one = Uploading::start(&st, access.id())?;
     let bytes = read_body(&st, body, st.max_upload).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad(
@@ -87,6 +91,7 @@ async fn upload(
         st.directory.set_upload(&id, Some(version.clone())).await?;
         super::in_force(&st).await;
     }
+    trim(&st);
     tracing::info!(client = %id, version = %version, world = plugin.world.as_str(), activate, "plugin uploaded");
     Ok((
         StatusCode::CREATED,
@@ -124,6 +129,48 @@ async fn versions(access: ClientAccess, State(st): State<Arc<Api>>) -> ApiResult
         Source::Upload(v) => json!({ "source": "upload", "version": v }),
     };
     Ok(Json(json!({ "serving": serving, "versions": versions })).into_response())
+}
+
+/// One upload at a time per client: a second while one compiles is 429.
+struct Uploading<'a> {
+    st: &'a Api,
+    id: String,
+}
+
+impl<'a> Uploading<'a> {
+    fn start(st: &'a Api, id: &str) -> Result<Uploading<'a>, ApiError> {
+        if !st.uploading.lock().unwrap().insert(id.to_string()) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "an upload of this client's is being compiled; send the next when it is answered",
+            ));
+        }
+        Ok(Uploading {
+            st,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        self.st.uploading.lock().unwrap().remove(&self.id);
+    }
+}
+
+/// Keeps the compiled uploads bounded, the active ones always.
+fn trim(st: &Api) {
+    let active = st
+        .directory
+        .current()
+        .entries
+        .iter()
+        .filter_map(|e| match &e.plugin {
+            Source::Upload(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect();
+    st.registry.trim_uploads(&active);
 }
 
 /// The compiled version `version` of `client`'s uploads: 404 if it uploaded no
@@ -166,6 +213,7 @@ async fn activate(
         .set_upload(access.id(), Some(plugin.hash.clone()))
         .await?;
     super::in_force(&st).await;
+    trim(&st);
     tracing::info!(client = %access.id(), version = %plugin.hash, "plugin version made active");
     Ok(
         Json(json!({ "version": plugin.hash, "world": plugin.world.as_str(), "active": true }))
@@ -264,7 +312,12 @@ async fn dry_run(
         }
     };
     let plugin = match &req.version {
-        Some(v) => Some(uploaded(&st, &client.id, v).await?),
+        Some(v) => {
+            // With the operator's plugin, only that one runs on the client's
+            // events: an upload of its own could see what it redacts.
+            st.directory.uploads_allowed(&client.id)?;
+            Some(uploaded(&st, &client.id, v).await?)
+        }
         None => match st.registry.lookup(&access.entry.plugin) {
             None => None,
             Some(Lookup::Ready(p)) => Some(p),
@@ -331,13 +384,21 @@ async fn dry_run(
         Ok(Verdict::Deliver(r)) => {
             use base64::Engine as _;
             let sent = crate::deliver::request_headers(&client, &msg_id, now_ms() / 1000, &r);
+            // The signature is shown as what it would be, never its value: a
+            // dry run must not sign bytes of the caller's choosing.
             answer.request_headers = Some(
                 sent.iter()
                     .map(|(k, v)| {
-                        (
-                            k.to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
+                        let value = if k == "webhook-signature" {
+                            let n = v.as_bytes().split(|b| *b == b' ').count();
+                            format!(
+                                "v1,<redacted> ({n} signature{})",
+                                if n == 1 { "" } else { "s" }
+                            )
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
+                        (k.to_string(), value)
                     })
                     .collect(),
             );
@@ -377,23 +438,26 @@ pub(super) async fn list_all(_: Operator, State(st): State<Arc<Api>>) -> ApiResu
     let uploads: Vec<Value> = st
         .registry
         .uploads()
-        .iter()
-        .map(|p| {
+        .into_iter()
+        .map(|(version, loaded)| {
             let serving: Vec<&str> = snapshot
                 .entries
                 .iter()
-                .filter(|e| e.plugin == Source::Upload(p.hash.clone()))
+                .filter(|e| e.plugin == Source::Upload(version.clone()))
                 .map(|e| e.client.id.as_str())
                 .collect();
-            json!({
-                "version": p.hash,
-                "world": p.world.as_str(),
-                "size": p.size,
-                "imports": p.imports,
-                "loaded_at": p.loaded_at,
-                "serving_clients": serving,
-                "calls": p.stats.figures(),
-            })
+            match loaded {
+                Ok(p) => json!({
+                    "version": version,
+                    "world": p.world.as_str(),
+                    "size": p.size,
+                    "imports": p.imports,
+                    "loaded_at": p.loaded_at,
+                    "serving_clients": serving,
+                    "calls": p.stats.figures(),
+                }),
+                Err(e) => json!({ "version": version, "error": e, "serving_clients": serving }),
+            }
         })
         .collect();
     Ok(Json(json!({ "files": st.registry.status(), "uploads": uploads })).into_response())

@@ -208,7 +208,13 @@ impl Dispatcher {
         for (id, entry) in wanted {
             let existing = self.workers.read().unwrap().get(id).cloned();
             match existing {
-                Some(w) => w.update(entry)?,
+                // One client's settings that cannot be applied (its HTTP
+                // client cannot be built) do not hold up the others'.
+                Some(w) => {
+                    if let Err(e) = w.update(entry) {
+                        tracing::error!(client = %id, "cannot apply the client's new settings: {e:#}");
+                    }
+                }
                 None => {
                     let health = self.queue.health(id).await?;
                     let worker = Arc::new(Worker {
@@ -232,7 +238,9 @@ impl Dispatcher {
                         .write()
                         .unwrap()
                         .insert(id.to_string(), worker.clone());
-                    self.tasks.lock().unwrap().push(tokio::spawn(worker.run()));
+                    let mut tasks = self.tasks.lock().unwrap();
+                    tasks.retain(|t| !t.is_finished());
+                    tasks.push(tokio::spawn(worker.run()));
                 }
             }
         }
@@ -277,17 +285,30 @@ impl Dispatcher {
         id: &str,
         reason: Option<String>,
     ) -> Result<(), crate::queue::QueueError> {
-        let mut health = self.queue.health(id).await?;
-        health.disabled = reason;
-        if health.disabled.is_none() {
-            health.failing_since = None;
+        let change = |health: &mut Health| {
+            health.disabled = reason.clone();
+            if health.disabled.is_none() {
+                health.failing_since = None;
+            }
+        };
+        let worker = self.workers.read().unwrap().get(id).cloned();
+        match worker {
+            // Changed and sent to the store under the worker's own lock, so an
+            // attempt's health update cannot come in between and undo it.
+            Some(w) => {
+                let mut health = w.health.lock().unwrap();
+                change(&mut health);
+                self.queue.set_health(id, &health);
+                drop(health);
+                w.wake.notify_one();
+            }
+            None => {
+                let mut health = self.queue.health(id).await?;
+                change(&mut health);
+                self.queue.set_health(id, &health);
+            }
         }
-        self.queue.set_health(id, &health);
         self.queue.flush().await;
-        if let Some(w) = self.workers.read().unwrap().get(id) {
-            *w.health.lock().unwrap() = health;
-            w.wake.notify_one();
-        }
         Ok(())
     }
 }

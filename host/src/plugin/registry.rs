@@ -75,6 +75,9 @@ impl Source {
     }
 }
 
+/// Compiled uploads kept beside the active ones.
+pub const KEPT_COMPILED: usize = 16;
+
 /// The file name of every uploaded plugin: a delivery it rendered records
 /// `upload@<version>`.
 pub const UPLOAD: &str = "upload";
@@ -114,13 +117,14 @@ pub struct Registry {
     max_file_size: u64,
     runtime: Arc<Runtime>,
     slots: RwLock<HashMap<String, Slot>>,
-    /// Uploaded versions compiled so far, by version; or why one did not load.
-    uploads: RwLock<HashMap<String, Result<Arc<Plugin>, String>>>,
+    /// Uploaded versions compiled so far, by version, oldest first; or why one
+    /// did not load. Bounded: see [`Registry::trim_uploads`].
+    uploads: RwLock<indexmap::IndexMap<String, Result<Arc<Plugin>, String>>>,
     reads: AtomicU64,
     generation: watch::Sender<u64>,
     /// Compilations at once: one per core. Cranelift already spreads one
     /// component over the cores; two hundred at a time would only pile up memory.
-    compiling: tokio::sync::Semaphore,
+    compiling: Arc<tokio::sync::Semaphore>,
 }
 
 impl Registry {
@@ -130,12 +134,12 @@ impl Registry {
             max_file_size,
             runtime,
             slots: RwLock::new(HashMap::new()),
-            uploads: RwLock::new(HashMap::new()),
+            uploads: RwLock::default(),
             reads: AtomicU64::new(0),
             generation: watch::channel(0).0,
-            compiling: tokio::sync::Semaphore::new(
+            compiling: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            )),
         }
     }
 
@@ -170,23 +174,49 @@ impl Registry {
 
     /// Compiles an uploaded plugin on the blocking pool, or finds it compiled.
     /// A version that does not load is remembered as such (not compiled twice).
-    pub async fn compile_upload(&self, bytes: Vec<u8>) -> Result<Arc<Plugin>, String> {
+    ///
+    /// The compilation holds its turn (one per core) until it ends, even if the
+    /// caller stops waiting: a client that hangs up cannot pile up compilations.
+    pub async fn compile_upload(self: &Arc<Self>, bytes: Vec<u8>) -> Result<Arc<Plugin>, String> {
         let version = content_hash(&bytes);
         if let Some(done) = self.uploads.read().unwrap().get(&version) {
             return done.clone();
         }
-        let _turn = self.compiling.acquire().await;
-        let runtime = self.runtime.clone();
-        let loaded = tokio::task::spawn_blocking(move || runtime.load(UPLOAD, &bytes))
+        let me = self.clone();
+        let work = tokio::spawn(async move {
+            let turn = me.compiling.clone().acquire_owned().await;
+            let runtime = me.runtime.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                runtime.load(UPLOAD, &bytes)
+            })
             .await
             .map_err(|e| format!("compiling it crashed: {e}"))
             .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
-        self.uploads
-            .write()
-            .unwrap()
-            .entry(version)
-            .or_insert(loaded)
-            .clone()
+            me.uploads
+                .write()
+                .unwrap()
+                .entry(version)
+                .or_insert(loaded)
+                .clone()
+        });
+        work.await
+            .unwrap_or_else(|e| Err(format!("compiling it crashed: {e}")))
+    }
+
+    /// Forgets compiled uploads beyond the newest [`KEPT_COMPILED`], except the
+    /// versions in `keep` (the active ones): a version forgotten is compiled
+    /// again, from the code cache, when it is asked for.
+    pub fn trim_uploads(&self, keep: &std::collections::HashSet<String>) {
+        let mut uploads = self.uploads.write().unwrap();
+        let mut surplus = uploads.len().saturating_sub(KEPT_COMPILED);
+        uploads.retain(|version, _| {
+            let drop = surplus > 0 && !keep.contains(version);
+            if drop {
+                surplus -= 1;
+            }
+            !drop
+        });
     }
 
     /// Tells the workers that what serves a client changed (an upload made
@@ -195,16 +225,17 @@ impl Registry {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Every uploaded version compiled so far, for the plugins route.
-    pub fn uploads(&self) -> Vec<Arc<Plugin>> {
-        let mut out: Vec<Arc<Plugin>> = self
+    /// Every uploaded version compiled lately, and why those that did not
+    /// load did not, for the plugins route.
+    pub fn uploads(&self) -> Vec<(String, Result<Arc<Plugin>, String>)> {
+        let mut out: Vec<_> = self
             .uploads
             .read()
             .unwrap()
-            .values()
-            .filter_map(|r| r.as_ref().ok().cloned())
+            .iter()
+            .map(|(v, r)| (v.clone(), r.clone()))
             .collect();
-        out.sort_by(|a, b| a.hash.cmp(&b.hash));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 

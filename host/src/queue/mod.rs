@@ -137,6 +137,10 @@ pub trait Queue: Send + Sync + 'static {
     /// the client was disabled); fresh ones are claimed again, in order.
     fn release(&self, client: &str, jobs: &[Job]);
 
+    /// Drops what the queue keeps in memory for `client` (a deleted client):
+    /// its rows are the store's.
+    fn forget(&self, client: &str);
+
     /// Notified when `client` may have new work.
     fn waker(&self, client: &str) -> Arc<Notify>;
 

@@ -399,6 +399,10 @@ impl Queue for SqliteQueue {
         intake.wake.notify_one();
     }
 
+    fn forget(&self, client: &str) {
+        self.clients.write().unwrap().remove(client);
+    }
+
     fn waker(&self, client: &str) -> Arc<Notify> {
         self.intake(client).wake.clone()
     }

@@ -20,19 +20,34 @@ pub struct ApiClientRow {
 }
 
 pub fn api_clients(c: &Connection) -> rusqlite::Result<Vec<ApiClientRow>> {
-    c.prepare_cached("SELECT id, spec, created_at FROM api_clients ORDER BY id")?
-        .query_map([], |r| {
-            Ok(ApiClientRow {
-                id: r.get(0)?,
-                spec: r.get(1)?,
-                created_at: r.get(2)?,
-            })
-        })?
-        .collect()
+    c.prepare_cached(
+        "SELECT id, spec, created_at FROM api_clients WHERE deleted_at IS NULL ORDER BY id",
+    )?
+    .query_map([], |r| {
+        Ok(ApiClientRow {
+            id: r.get(0)?,
+            spec: r.get(1)?,
+            created_at: r.get(2)?,
+        })
+    })?
+    .collect()
 }
 
-/// Creates (`create`) or replaces the spec of an API client. Creating one that
-/// exists changes nothing and returns false.
+/// Whether `id` has a past in the store: a deleted API client of that id, or
+/// deliveries or tokens. A new client may not take such an id: it would see
+/// that past as its own.
+pub fn id_has_history(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM api_clients WHERE id = ?1) \
+             OR EXISTS (SELECT 1 FROM deliveries WHERE client_id = ?1) \
+             OR EXISTS (SELECT 1 FROM client_tokens WHERE client_id = ?1)",
+        [id],
+        |r| r.get(0),
+    )
+}
+
+/// Creates (`create`) or replaces the spec of an API client. Creating one
+/// whose id exists or has a past changes nothing and returns false.
 pub fn put_api_client(
     c: &Connection,
     id: &str,
@@ -40,26 +55,31 @@ pub fn put_api_client(
     create: bool,
 ) -> rusqlite::Result<bool> {
     let now = now_ms();
+    if create && id_has_history(c, id)? {
+        return Ok(false);
+    }
     let n = if create {
         c.execute(
-            "INSERT INTO api_clients (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO api_clients (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
             params![id, spec, now],
         )?
     } else {
         c.execute(
-            "UPDATE api_clients SET spec = ?2, updated_at = ?3 WHERE id = ?1",
+            "UPDATE api_clients SET spec = ?2, updated_at = ?3 WHERE id = ?1 AND deleted_at IS NULL",
             params![id, spec, now],
         )?
     };
     Ok(n == 1)
 }
 
-/// Deletes an API client with its tokens, secrets, uploads and health. Its
-/// unfinished deliveries fail, so a later client of the same id starts clean;
-/// its history stays. Returns whether it existed.
+/// Deletes an API client: it leaves a tombstone (its id is not given again),
+/// and its tokens, secrets, uploads and health go. Its history stays. Returns
+/// whether it existed.
 pub fn delete_api_client(c: &Connection, id: &str) -> rusqlite::Result<bool> {
-    let n = c.execute("DELETE FROM api_clients WHERE id = ?1", [id])?;
+    let n = c.execute(
+        "UPDATE api_clients SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+        params![id, now_ms()],
+    )?;
     for table in [
         "client_secrets",
         "client_tokens",
@@ -68,12 +88,16 @@ pub fn delete_api_client(c: &Connection, id: &str) -> rusqlite::Result<bool> {
     ] {
         c.execute(&format!("DELETE FROM {table} WHERE client_id = ?1"), [id])?;
     }
+    Ok(n == 1)
+}
+
+/// Ends a deleted client's unfinished deliveries (once its worker stopped).
+pub fn fail_unfinished(c: &Connection, id: &str) -> rusqlite::Result<usize> {
     c.execute(
         "UPDATE deliveries SET state = 'failed', reason = 'the client was deleted', updated_at = ?2 \
          WHERE client_id = ?1 AND state IN ('pending', 'held', 'plugin_error', 'retrying')",
         params![id, now_ms()],
-    )?;
-    Ok(n == 1)
+    )
 }
 
 /// A signing secret of an API client; `expires_at` is set once rotated out.
@@ -196,8 +220,22 @@ pub fn put_upload(
          ON CONFLICT (client_id, version) DO UPDATE SET uploaded_at = ?3",
         params![client, version, now],
     )?;
+    // Keep the newest versions (and the active one), and the bytes someone uses.
+    c.execute(
+        "DELETE FROM client_plugins WHERE client_id = ?1 \
+         AND version NOT IN (SELECT version FROM client_plugins WHERE client_id = ?1 ORDER BY uploaded_at DESC LIMIT ?2) \
+         AND version NOT IN (SELECT IFNULL(plugin_version, '') FROM client_state WHERE client_id = ?1)",
+        params![client, KEPT_VERSIONS],
+    )?;
+    c.execute(
+        "DELETE FROM plugin_blobs WHERE version NOT IN (SELECT version FROM client_plugins)",
+        [],
+    )?;
     Ok(())
 }
+
+/// Uploaded versions kept per client (the active one besides).
+pub const KEPT_VERSIONS: i64 = 20;
 
 /// `client`'s uploads, newest first.
 pub fn uploads(c: &Connection, client: &str) -> rusqlite::Result<Vec<UploadRow>> {

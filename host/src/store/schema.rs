@@ -73,12 +73,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_id ON deliveries (id);
     CREATE INDEX deliveries_client ON deliveries (client_id, seq);
     -- Clients created through the API; those of the config file are not here.
-    -- `spec` is the client's [[clients]] table as JSON, secrets left out.
+    -- `spec` is the client's [[clients]] table as JSON, secrets left out. A
+    -- deleted one stays as a tombstone (deleted_at): its id is not given again,
+    -- so no later client inherits its history.
     CREATE TABLE api_clients (
         id         TEXT PRIMARY KEY,
         spec       TEXT NOT NULL,
         created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL
+        updated_at INTEGER NOT NULL,
+        deleted_at INTEGER
     );
     -- Signing secrets of API clients; a rotated-out one signs until it expires.
     CREATE TABLE client_secrets (
@@ -146,6 +149,9 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
         );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        if version > 0 {
+            tracing::info!("migrating the store to schema version {}", i + 1);
+        }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)
             .with_context(|| format!("migration {}", i + 1))?;
