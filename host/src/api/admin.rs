@@ -34,8 +34,9 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Api>> {
 /// A client as the API shows it: its settings (never a secret), where it is
 /// declared, where its plugin comes from, and its health.
 pub(super) async fn client_view(st: &Api, entry: &Entry) -> ApiResult<Value> {
+    use crate::plugin::registry::Source;
     let id = &entry.client.id;
-    let (disabled, failing_since, in_flight, plugin_state) = match st.dispatcher.client_status(id) {
+    let (disabled, failing_since, in_flight, state) = match st.dispatcher.client_status(id) {
         Some(s) => (
             s.disabled,
             s.failing_since,
@@ -47,28 +48,37 @@ pub(super) async fn client_view(st: &Api, entry: &Entry) -> ApiResult<Value> {
             (h.disabled, h.failing_since, 0, None)
         }
     };
-    let plugin = match &entry.plugin {
-        crate::plugin::registry::Source::None => json!({ "source": "none" }),
-        crate::plugin::registry::Source::File(f) => {
-            json!({ "source": "file", "file": f, "state": plugin_state })
-        }
-        crate::plugin::registry::Source::Upload(v) => {
-            json!({ "source": "upload", "version": v, "state": plugin_state })
-        }
+    let plugin = PluginRef {
+        source: entry.plugin.kind().to_string(),
+        file: match &entry.plugin {
+            Source::File(f) => Some(f.clone()),
+            _ => None,
+        },
+        version: match &entry.plugin {
+            Source::Upload(v) => Some(v.clone()),
+            _ => None,
+        },
+        state: state.filter(|_| entry.plugin != Source::None),
     };
     let now = crate::model::now_ms();
-    Ok(json!({
-        "id": id,
-        "origin": entry.origin,
-        "settings": entry.spec,
-        "enabled": entry.client.enabled,
-        "paused": disabled.is_some(),
-        "disabled_reason": disabled,
-        "failing_since": failing_since,
-        "in_flight": in_flight,
-        "plugin": plugin,
-        "signing_secrets": entry.client.secrets.iter().filter(|s| s.signs_at(now)).count(),
-    }))
+    let view = ClientView {
+        id: id.clone(),
+        origin: entry.origin,
+        settings: Value::Object(entry.spec.clone()),
+        enabled: entry.client.enabled,
+        paused: disabled.is_some(),
+        disabled_reason: disabled,
+        failing_since,
+        in_flight,
+        plugin,
+        signing_secrets: entry
+            .client
+            .secrets
+            .iter()
+            .filter(|s| s.signs_at(now))
+            .count(),
+    };
+    Ok(serde_json::to_value(view).expect("plain data serialises"))
 }
 
 #[utoipa::path(get, path = "/v1/admin/clients", tag = "operator", security(("operator" = [])),

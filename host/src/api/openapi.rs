@@ -105,9 +105,12 @@ pub(super) struct ClientChange {
 pub(super) struct PluginRef {
     /// `upload`, `file` or `none`.
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// `ready file@hash`, `missing`, `broken: …`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
 }
 
@@ -116,7 +119,8 @@ pub(super) struct PluginRef {
 pub(super) struct ClientView {
     pub id: String,
     /// `file` (the config file's, read-only here) or `api`.
-    pub origin: String,
+    #[schema(value_type = String)]
+    pub origin: crate::directory::Origin,
     /// Its `[[clients]]` keys, secrets left out.
     pub settings: serde_json::Value,
     /// Routed events at all (`enabled = false`: none are made for it).
