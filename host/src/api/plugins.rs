@@ -59,11 +59,12 @@ async fn upload(
             )));
         }
     };
-    // The operator's plugin is not the client's to replace: say so before
-    // reading megabytes.
+    // The body is read before any other refusal: the caller is known, and a
+    // refusal that leaves a body unread makes most HTTP clients fail on the
+    // write instead of showing the answer.
+    let bytes = read_body(&st, body, st.max_upload).await?;
     st.directory.uploads_allowed(access.id())?;
     let _one = Uploading::start(&st, access.id())?;
-    let bytes = read_body(&st, body, st.max_upload).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad(
             "the body is empty; send the .wasm file as the body",
