@@ -21,6 +21,8 @@ use crate::event::KNOWN_EVENTS;
 pub struct Config {
     /// The folder the config file is in; relative paths were resolved against it.
     pub base_dir: PathBuf,
+    /// The file it was read from (`None` when parsed from text).
+    pub path: Option<PathBuf>,
     pub server: Server,
     pub plugins: Plugins,
     pub store: Store,
@@ -37,6 +39,13 @@ pub struct Server {
     pub ingest_token: Option<String>,
     /// Operator tokens for the API (`admin_tokens`, and `HOOKWASM_ADMIN_TOKEN`).
     pub admin_tokens: Vec<String>,
+    /// `GET /metrics` without a token (a scraper on a private network).
+    pub open_metrics: bool,
+    /// `GET /v1/status` without a token.
+    pub open_status: bool,
+    /// `POST /v1/events` takes an event once within this window (keyed on its
+    /// own identity); `None`: every post is a new event.
+    pub dedup_window: Option<Duration>,
     /// The largest event body accepted, in bytes.
     pub max_body: usize,
     /// Time a client has to send a request's line and headers, from its first byte.
@@ -113,6 +122,9 @@ impl Default for PluginLimits {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub path: PathBuf,
+    /// Finished deliveries, their attempts and unreferenced events older
+    /// than this are deleted; `None` keeps everything.
+    pub retention: Option<Duration>,
 }
 
 /// How deliveries to one client are made. `[delivery]` sets the defaults and every
@@ -130,6 +142,9 @@ pub struct Delivery {
     pub allowed_networks: Vec<IpNet>,
     /// Requests to this client in flight at once.
     pub max_in_flight: usize,
+    /// Requests per second at most (attempts are spaced `1/rate` apart);
+    /// `None`: as fast as `max_in_flight` allows.
+    pub rate_limit: Option<u32>,
     /// A client whose deliveries have all failed for this long is disabled.
     pub disable_after: Duration,
 }
@@ -148,6 +163,7 @@ impl Default for Delivery {
             allow_private_networks: false,
             allowed_networks: Vec::new(),
             max_in_flight: 16,
+            rate_limit: None,
             disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
@@ -246,6 +262,11 @@ struct RawServer {
     ingest_token: Option<String>,
     #[serde(default)]
     admin_tokens: Vec<String>,
+    #[serde(default)]
+    open_metrics: bool,
+    #[serde(default)]
+    open_status: bool,
+    dedup_window: Option<HumanDuration>,
     max_body: Option<ByteSize>,
     header_timeout: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
@@ -270,6 +291,7 @@ struct RawPlugins {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: PathBuf,
+    retention: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -281,6 +303,7 @@ struct RawDelivery {
     allow_private_networks: Option<bool>,
     allowed_networks: Option<Vec<String>>,
     max_in_flight: Option<u64>,
+    rate_limit: Option<u64>,
     disable_after: Option<HumanDuration>,
 }
 
@@ -392,6 +415,7 @@ impl Config {
     /// operator token.
     pub fn load(path: &Path) -> Result<Config> {
         let mut config = Config::load_file(path)?;
+        config.path = Some(path.to_path_buf());
         if let Ok(t) = std::env::var("HOOKWASM_ADMIN_TOKEN")
             && !t.is_empty()
         {
@@ -473,6 +497,18 @@ impl Config {
             )? as usize,
             ingest_token: raw.server.ingest_token,
             admin_tokens: raw.server.admin_tokens,
+            open_metrics: raw.server.open_metrics,
+            open_status: raw.server.open_status,
+            dedup_window: match raw.server.dedup_window {
+                None => None,
+                Some(w) => Some(duration_in(
+                    "server.dedup_window",
+                    Some(w),
+                    SECS(1),
+                    SECS(1),
+                    DAYS(7),
+                )?),
+            },
         };
         for (i, t) in server.admin_tokens.iter().enumerate() {
             if t.len() < 16 {
@@ -490,6 +526,16 @@ impl Config {
         )?;
         let store = Store {
             path: base_dir.join(&raw.store.path),
+            retention: match raw.store.retention {
+                None => None,
+                Some(r) => Some(duration_in(
+                    "store.retention",
+                    Some(r),
+                    SECS(1),
+                    SECS(1),
+                    DAYS(3650),
+                )?),
+            },
         };
         let cache_dir = match &raw.plugins.cache_dir {
             Some(d) => base_dir.join(d),
@@ -540,6 +586,7 @@ impl Config {
         }
         Ok(Config {
             base_dir: base_dir.to_path_buf(),
+            path: None,
             server,
             plugins,
             store,
@@ -596,6 +643,7 @@ const DELIVERY_KEYS: &[&str] = &[
     "allow_private_networks",
     "allowed_networks",
     "max_in_flight",
+    "rate_limit",
     "disable_after",
 ];
 
@@ -743,6 +791,9 @@ fn apply_delivery(base: &Delivery, raw: &RawDelivery, ctx: &str) -> Result<Deliv
         1,
         10_000,
     )? as usize;
+    if let Some(r) = raw.rate_limit {
+        d.rate_limit = Some(count_in(&key("rate_limit"), Some(r), 0, 1, 100_000)? as u32);
+    }
     d.disable_after = duration_in(
         &key("disable_after"),
         raw.disable_after,

@@ -49,6 +49,20 @@ pub struct Entry {
     pub spec: Map<String, Value>,
 }
 
+/// The configuration file's state.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    pub file: Option<String>,
+    /// When the configuration serving was loaded (ms since 1970).
+    pub loaded_at: i64,
+    /// Reloads applied since the start.
+    pub reloads: u64,
+    /// Reloads refused since the start.
+    pub failures: u64,
+    /// Why the file as it is now is not what serves, if it is not.
+    pub error: Option<String>,
+}
+
 /// Every client, sorted by id, disabled ones included.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -88,8 +102,10 @@ pub enum DirError {
 
 pub struct Directory {
     /// The configuration: the file's clients, and the defaults API clients
-    /// start from.
-    config: Config,
+    /// start from. Swapped whole by a reload of the file.
+    config: RwLock<Arc<Config>>,
+    /// How the last reloads of the file went, for the status.
+    reloads: std::sync::Mutex<ConfigStatus>,
     store: Store,
     current: RwLock<Arc<Snapshot>>,
     changes: watch::Sender<u64>,
@@ -101,7 +117,12 @@ impl Directory {
     /// The clients of `config` and of `store`.
     pub async fn open(config: Config, store: Store) -> Result<Directory, StoreError> {
         let dir = Directory {
-            config,
+            reloads: std::sync::Mutex::new(ConfigStatus {
+                file: config.path.as_ref().map(|p| p.display().to_string()),
+                loaded_at: now_ms(),
+                ..ConfigStatus::default()
+            }),
+            config: RwLock::new(Arc::new(config)),
             store,
             current: RwLock::new(Arc::new(Snapshot::default())),
             changes: watch::channel(0).0,
@@ -115,8 +136,59 @@ impl Directory {
         self.current.read().unwrap().clone()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap().clone()
+    }
+
+    /// Applies a new configuration (a reload of the file): its clients and
+    /// defaults from now on. Keys that only a restart applies (`listen`, the
+    /// store, the plugin folder…) are named in the answer, and not applied.
+    pub async fn apply_config(&self, new: Config) -> Result<Vec<&'static str>, StoreError> {
+        let _one = self.changing.lock().await;
+        let old = self.config();
+        let mut at_restart = Vec::new();
+        if new.server.listen != old.server.listen {
+            at_restart.push("server.listen");
+        }
+        if new.server.max_body != old.server.max_body
+            || new.server.header_timeout != old.server.header_timeout
+            || new.server.body_timeout != old.server.body_timeout
+            || new.server.idle_timeout != old.server.idle_timeout
+            || new.server.max_connections != old.server.max_connections
+        {
+            at_restart.push("server limits (max_body, timeouts, max_connections)");
+        }
+        if new.store.path != old.store.path {
+            at_restart.push("store.path");
+        }
+        if new.plugins.dir != old.plugins.dir
+            || new.plugins.cache_dir != old.plugins.cache_dir
+            || new.plugins.cache_key != old.plugins.cache_key
+            || new.plugins.warm_instances != old.plugins.warm_instances
+            || new.plugins.recycle_after != old.plugins.recycle_after
+            || new.plugins.max_file_size != old.plugins.max_file_size
+        {
+            at_restart.push("[plugins] (but its limits)");
+        }
+        *self.config.write().unwrap() = Arc::new(new);
+        self.reload_locked().await?;
+        let mut st = self.reloads.lock().unwrap();
+        st.loaded_at = now_ms();
+        st.reloads += 1;
+        st.error = None;
+        Ok(at_restart)
+    }
+
+    /// Records a reload of the file that was refused; the last good one serves.
+    pub fn config_refused(&self, error: String) {
+        let mut st = self.reloads.lock().unwrap();
+        st.failures += 1;
+        st.error = Some(error);
+    }
+
+    /// How the configuration file was loaded, for the status.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.reloads.lock().unwrap().clone()
     }
 
     /// Changes whenever a client is added, changed or removed.
@@ -150,7 +222,8 @@ impl Directory {
                 .map(|(_, v)| Source::Upload(v.clone()))
         };
         let mut entries: Vec<Arc<Entry>> = Vec::new();
-        for c in &self.config.clients {
+        let config = self.config();
+        for c in &config.clients {
             entries.push(Arc::new(Entry {
                 plugin: source(c, upload_of(&c.id)),
                 spec: spec_of(c),
@@ -159,7 +232,7 @@ impl Directory {
             }));
         }
         for row in clients {
-            if self.config.client(&row.id).is_some() {
+            if config.client(&row.id).is_some() {
                 tracing::warn!(client = %row.id, "a client of this id is in both the config file and the store; the file's serves");
                 continue;
             }
@@ -170,7 +243,7 @@ impl Directory {
                     continue;
                 }
             };
-            let mut client = match self.config.client_from_json(&spec) {
+            let mut client = match config.client_from_json(&spec) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(client = %row.id, "stored client no longer checks, left out: {e:#}");
@@ -227,12 +300,12 @@ impl Directory {
         };
         let mut with_secret = spec.clone();
         with_secret.insert("secret".into(), Value::String(secret.clone()));
-        let client = self
-            .config
+        let config = self.config();
+        let client = config
             .client_from_json(&with_secret)
             .map_err(|e| DirError::Invalid(format!("{e:#}")))?;
         let id = client.id.clone();
-        if self.config.client(&id).is_some() {
+        if config.client(&id).is_some() {
             return Err(DirError::ManagedByFile(id));
         }
         let text = Value::Object(spec).to_string();
@@ -289,7 +362,7 @@ impl Directory {
                 }
             }
         }
-        self.config
+        self.config()
             .client_from_json(&spec)
             .map_err(|e| DirError::Invalid(format!("{e:#}")))?;
         let text = Value::Object(spec).to_string();

@@ -17,9 +17,11 @@ pub mod config;
 pub mod deliver;
 pub mod directory;
 pub mod event;
+pub mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod queue;
+pub mod reload;
 pub mod route;
 pub mod store;
 pub mod text;
@@ -70,6 +72,13 @@ pub async fn run(
             .context("cannot read the clients from the store")?,
     );
     load_active_uploads(&store, &registry, &directory).await?;
+    reload::watch(directory.clone(), cancel.clone())?;
+    tokio::spawn(store::retention::run(
+        store.clone(),
+        config.store.retention,
+        cancel.clone(),
+    ));
+    metrics::install();
     let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(store.clone()));
     let dispatcher = Arc::new(deliver::Dispatcher::new(
         directory.clone(),
@@ -80,7 +89,6 @@ pub async fn run(
     dispatcher.start().await?;
 
     let app = api::router(Arc::new(api::Api {
-        token: config.server.ingest_token.clone(),
         max_body: config.server.max_body,
         max_upload: config.plugins.max_file_size as usize,
         body_timeout: config.server.body_timeout,
@@ -88,7 +96,7 @@ pub async fn run(
         queue: queue.clone(),
         dispatcher: dispatcher.clone(),
         registry: registry.clone(),
-        auth: api::auth::Auth::load(config.server.admin_tokens.clone(), store.clone())
+        auth: api::auth::Auth::load(store.clone())
             .await
             .context("cannot read the API tokens from the store")?,
         directory: directory.clone(),

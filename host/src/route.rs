@@ -21,6 +21,23 @@ impl Routes {
     pub fn fan_out(&self, event_name: &str) -> Vec<NewDelivery> {
         fan_out(&self.directory.current(), event_name)
     }
+
+    /// The delivery an event of this name makes for client `id` alone: none
+    /// if it is disabled or its `events` leave it out; `None` if there is no
+    /// such client.
+    pub fn to_client(&self, id: &str, event_name: &str) -> Option<Vec<NewDelivery>> {
+        let snapshot = self.directory.current();
+        let c = &snapshot.get(id)?.client;
+        Some(
+            (c.enabled && c.wants(event_name))
+                .then(|| NewDelivery {
+                    id: new_delivery_id(),
+                    client_id: c.id.clone(),
+                })
+                .into_iter()
+                .collect(),
+        )
+    }
 }
 
 fn fan_out(clients: &Snapshot, event_name: &str) -> Vec<NewDelivery> {

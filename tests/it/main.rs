@@ -37,5 +37,9 @@ mod authoring;
 /// deliveries' views, and who may call what.
 mod api;
 
+/// Running it without a shell: live configuration, the per-client route, the
+/// de-duplication window, rate limits, retention, metrics, readiness, JSON logs.
+mod operations;
+
 /// The operator's command line: `serve` with a bad config, the demo receiver.
 mod commands;

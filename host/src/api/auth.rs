@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::{FromRequestParts, Path};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
 use super::{Api, ApiError};
@@ -34,18 +34,17 @@ pub enum Caller {
 }
 
 pub struct Auth {
-    operators: Vec<String>,
     /// Client tokens by the hex SHA-256 of the token.
     tokens: RwLock<HashMap<String, rows::TokenRow>>,
     store: Store,
 }
 
 impl Auth {
-    /// The operator tokens of the config, and the client tokens of the store.
-    pub async fn load(operators: Vec<String>, store: Store) -> Result<Auth, StoreError> {
+    /// The client tokens of the store (the operators' are the config's, read
+    /// at each call: a reload of the file changes them).
+    pub async fn load(store: Store) -> Result<Auth, StoreError> {
         let tokens = store.read(rows::tokens).await?;
         Ok(Auth {
-            operators,
             tokens: RwLock::new(tokens.into_iter().map(|t| (t.hash.clone(), t)).collect()),
             store,
         })
@@ -53,9 +52,8 @@ impl Auth {
 
     /// The caller the request's bearer token names; a 401 without one that is
     /// known.
-    pub fn identify(&self, parts: &Parts) -> Result<Caller, ApiError> {
-        let given = parts
-            .headers
+    pub fn identify(&self, headers: &HeaderMap, operators: &[String]) -> Result<Caller, ApiError> {
+        let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -72,7 +70,7 @@ impl Auth {
                 )
             })?;
         // Every operator token is compared, found or not.
-        let operator = self.operators.iter().fold(false, |hit, t| {
+        let operator = operators.iter().fold(false, |hit, t| {
             hit | constant_time_eq(t.as_bytes(), given.as_bytes())
         });
         if operator {
@@ -162,17 +160,28 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A request from an operator.
 pub struct Operator;
 
-impl FromRequestParts<Arc<Api>> for Operator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, st: &Arc<Api>) -> Result<Self, ApiError> {
-        match st.auth.identify(parts)? {
+impl Operator {
+    /// Whether `headers` carry an operator token: 401 without a known token,
+    /// 403 for a client's.
+    pub fn check(st: &Api, headers: &HeaderMap) -> Result<Operator, ApiError> {
+        match st
+            .auth
+            .identify(headers, &st.directory.config().server.admin_tokens)?
+        {
             Caller::Operator => Ok(Operator),
             Caller::Client(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "this route needs an operator token; a client token reaches /v1/clients/{its id}/… only",
             )),
         }
+    }
+}
+
+impl FromRequestParts<Arc<Api>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &Arc<Api>) -> Result<Self, ApiError> {
+        Operator::check(st, &parts.headers)
     }
 }
 
@@ -193,7 +202,9 @@ impl FromRequestParts<Arc<Api>> for ClientAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<Api>) -> Result<Self, ApiError> {
-        let caller = st.auth.identify(parts)?;
+        let caller = st
+            .auth
+            .identify(&parts.headers, &st.directory.config().server.admin_tokens)?;
         // The first path parameter is the client's id on every client route.
         let Path(params): Path<Vec<(String, String)>> =
             Path::from_request_parts(parts, st)

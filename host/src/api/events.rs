@@ -1,4 +1,7 @@
-//! `POST /v1/events`: Phraseanet's events come in.
+//! `POST /v1/events`: Phraseanet's events come in, for every client that wants
+//! them; `POST /v1/clients/{id}/events`: for that one client (a Phraseanet
+//! application whose webhook URL points at hookwasm: Phraseanet has applied that
+//! application's rights and event list already).
 //!
 //! Checks the token, the content type and the size, parses the event, asks
 //! `route` which clients get it, and answers 202 only once the event and its
@@ -17,9 +20,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::openapi::*;
-use super::{Api, Q, TokenQuery, error, token_refusal};
+use super::{Api, P, Q, TokenQuery, error, token_refusal};
 use crate::event::Event;
 use crate::model::new_event_id;
+use crate::store::Ingested;
 
 #[utoipa::path(post, path = "/v1/events", tag = "ingest",
     params(("token" = Option<String>, Query, description = "the ingest token, for senders that can only be given a URL")),
@@ -33,7 +37,54 @@ pub(super) async fn post_event(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if let Some(refused) = token_refusal(&st, &q, &headers) {
+    take(&st, &q, &headers, body, None).await
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/events", tag = "ingest",
+    params(("id" = String, Path, description = "the one client to deliver to"),
+        ("token" = Option<String>, Query, description = "the ingest token: Phraseanet can only be given a URL")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "one Phraseanet event, either format"),
+    responses((status = 202, description = "stored durably, with a delivery to this client alone (none if it is disabled or its `events` leave this one out)", body = Accepted),
+        (status = 400, description = "not a valid event", body = ErrorBody), (status = 401, description = "wrong or missing ingest token", body = ErrorBody),
+        (status = 404, description = "no such client", body = ErrorBody),
+        (status = 413, description = "over `server.max_body`", body = ErrorBody), (status = 415, description = "another content type", body = ErrorBody)))]
+pub(super) async fn post_client_event(
+    State(st): State<Arc<Api>>,
+    P(id): P<String>,
+    Q(q): Q<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    take(&st, &q, &headers, body, Some(&id)).await
+}
+
+/// Takes one event in (for every client that wants it, or for `only`), and
+/// counts it by name and answer.
+async fn take(
+    st: &Api,
+    q: &TokenQuery,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    only: Option<&str>,
+) -> Response {
+    let mut name = None;
+    let response = ingest(st, q, headers, body, only, &mut name).await;
+    crate::metrics::event_ingested(
+        name.as_deref().unwrap_or("invalid"),
+        response.status().as_u16(),
+    );
+    response
+}
+
+async fn ingest(
+    st: &Api,
+    q: &TokenQuery,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    only: Option<&str>,
+    name: &mut Option<String>,
+) -> Response {
+    if let Some(refused) = token_refusal(st, q, headers) {
         return refused;
     }
     let ct = headers
@@ -94,12 +145,33 @@ pub(super) async fn post_event(
         Ok(e) => Arc::new(e),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let deliveries = st.routes.fan_out(&event.name);
+    *name = Some(event.name.clone());
+    let deliveries = match only {
+        None => st.routes.fan_out(&event.name),
+        Some(id) => match st.routes.to_client(id, &event.name) {
+            Some(d) => d,
+            None => return error(StatusCode::NOT_FOUND, format!("no client {id:?}")),
+        },
+    };
     let count = deliveries.len();
-    match st.queue.enqueue(event.clone(), deliveries).await {
-        Ok(_) => (
+    // Only the shared route de-duplicates: the per-client one gets one copy
+    // per application by design.
+    let dedup = match (only, st.directory.config().server.dedup_window) {
+        (None, Some(window)) => Some((
+            identity(&event),
+            event.received_at + window.as_millis() as i64,
+        )),
+        _ => None,
+    };
+    match st.queue.enqueue(event.clone(), deliveries, dedup).await {
+        Ok(Ingested::Stored(_)) => (
             StatusCode::ACCEPTED,
             Json(json!({ "id": event.id, "deliveries": count })),
+        )
+            .into_response(),
+        Ok(Ingested::Duplicate(first)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": first, "deliveries": 0, "duplicate": true })),
         )
             .into_response(),
         Err(e) => {
@@ -109,5 +181,16 @@ pub(super) async fn post_event(
                 format!("the event could not be stored, send it again: {e}"),
             )
         }
+    }
+}
+
+/// An event's own identity, for the de-duplication window: where the 4.1
+/// envelope has them, the sending instance, its URL and the webhook's id;
+/// otherwise a hash of the body.
+fn identity(event: &Event) -> String {
+    use sha2::{Digest, Sha256};
+    match &event.source {
+        Some(s) => format!("{}|{}|{}", s.instance_name, s.url, s.webhook_id),
+        None => format!("sha256:{}", hex::encode(Sha256::digest(&event.raw))),
     }
 }

@@ -45,8 +45,6 @@ use crate::store::{Store, StoreError};
 
 /// What the routes share.
 pub struct Api {
-    /// `server.ingest_token`: when set, events need it.
-    pub token: Option<String>,
     pub max_body: usize,
     /// The largest plugin upload (`plugins.max_file_size`).
     pub max_upload: usize,
@@ -67,7 +65,10 @@ pub fn router(state: Arc<Api>) -> axum::Router {
     use utoipa_axum::{router::OpenApiRouter, routes};
     let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(events::post_event))
+        .routes(routes!(events::post_client_event))
         .routes(routes!(status::status))
+        .routes(routes!(status::metrics))
+        .routes(routes!(status::ready))
         .merge(admin::routes())
         .merge(clients::routes())
         .merge(plugins::routes())
@@ -292,7 +293,8 @@ struct TokenQuery {
 
 /// The 401 to answer when the ingest token is configured and not given.
 fn token_refusal(st: &Api, q: &TokenQuery, headers: &HeaderMap) -> Option<Response> {
-    let expected = st.token.as_ref()?;
+    let config = st.directory.config();
+    let expected = config.server.ingest_token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -25,6 +25,15 @@ pub fn init_logging(plugin_command: bool) {
     let filter =
         EnvFilter::try_from_env("HOOKWASM_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
+    // HOOKWASM_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    if std::env::var("HOOKWASM_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

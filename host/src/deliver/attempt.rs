@@ -55,6 +55,20 @@ impl Worker {
                 }
             }
         };
+        let outcome = match (verdict == Verdict::Gone, update.state) {
+            (true, _) => "gone",
+            (_, State::Delivered) => "delivered",
+            (_, State::Failed) => "failed",
+            _ => "retry",
+        };
+        crate::metrics::attempt(
+            &self.id,
+            outcome,
+            std::time::Duration::from_millis(attempt.duration_ms.max(0) as u64),
+        );
+        if matches!(update.state, State::Delivered | State::Failed) {
+            crate::metrics::delivery(&self.id, update.state.as_str());
+        }
         if failed {
             tracing::debug!(client = %self.id, delivery = %job.id, attempt = attempts,
                 error = attempt.error.as_deref().unwrap_or(""), "attempt failed");

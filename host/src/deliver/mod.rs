@@ -68,6 +68,9 @@ struct Settings {
     client: Client,
     plugin: Source,
     sender: http::Sender,
+    /// `rate_limit`: attempts spaced `1/rate` apart (no burst), so the
+    /// client never gets more than its rate in any second.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// One client's delivery state.
@@ -315,7 +318,15 @@ impl Dispatcher {
 
 impl Settings {
     fn new(entry: &Entry) -> anyhow::Result<Settings> {
+        let limiter = entry.client.delivery.rate_limit.map(|r| {
+            let quota = governor::Quota::per_second(
+                std::num::NonZeroU32::new(r.max(1)).expect("at least 1"),
+            )
+            .allow_burst(std::num::NonZeroU32::MIN);
+            governor::RateLimiter::direct(quota)
+        });
         Ok(Settings {
+            limiter,
             sender: http::Sender::new(&entry.client)?,
             client: entry.client.clone(),
             plugin: entry.plugin.clone(),
@@ -534,7 +545,10 @@ impl Worker {
         for (job, outcome) in to_render.into_iter().zip(outcomes) {
             match outcome {
                 Outcome::Send(render) => sends.push((job, render, true)),
-                Outcome::Park(update) => self.queue.park(&self.id, update),
+                Outcome::Park(update) => {
+                    crate::metrics::delivery(&self.id, update.state.as_str());
+                    self.queue.park(&self.id, update)
+                }
             }
         }
         for job in rendered {
@@ -545,10 +559,19 @@ impl Worker {
         let mut sends = sends.into_iter();
         while let Some((job, render, first_render)) = sends.next() {
             // Stopping wins over a free permit: no new attempt once cancelled.
+            // Attempts wait their turn of the rate limit in order, so first
+            // attempts keep their order.
+            let settings = self.settings();
             let permit = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => None,
-                p = self.permits.clone().acquire_owned() => Some(p.expect("never closed")),
+                p = async {
+                    let p = self.permits.clone().acquire_owned().await;
+                    if let Some(l) = &settings.limiter {
+                        l.until_ready().await;
+                    }
+                    p
+                } => Some(p.expect("never closed")),
             };
             // Stopping, or the client was disabled meanwhile (a 410 in this very
             // batch, say): these are not attempted. They stay due in the store;

@@ -417,7 +417,15 @@ impl Runtime {
     ) -> Result<Verdict, PluginError> {
         let began = std::time::Instant::now();
         let result = self.call_in_instance(plugin, event, cx);
-        plugin.stats.record(began.elapsed(), &result);
+        let took = began.elapsed();
+        plugin.stats.record(took, &result);
+        crate::metrics::plugin_call(
+            took,
+            matches!(
+                result,
+                Err(PluginError::Trap(_) | PluginError::Deadline(_) | PluginError::Memory(_))
+            ),
+        );
         result
     }
 

@@ -193,6 +193,7 @@ impl Registry {
             .await
             .map_err(|e| format!("compiling it crashed: {e}"))
             .and_then(|r| r.map(Arc::new).map_err(|e| e.to_string()));
+            crate::metrics::plugin_load(loaded.is_ok());
             me.uploads
                 .write()
                 .unwrap()
@@ -431,6 +432,7 @@ impl Registry {
             return; // a newer read of the file has already been applied
         }
         slot.read_seq = read_seq;
+        crate::metrics::plugin_load(matches!(loaded, Ok(Ok(_))));
         match loaded {
             Ok(Ok(plugin)) => {
                 let previous = slot.current.as_ref().map(|p| p.hash.clone());

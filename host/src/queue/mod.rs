@@ -52,7 +52,7 @@ use tokio::sync::Notify;
 
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Update};
-use crate::store::StoreError;
+use crate::store::{Ingested, StoreError};
 
 /// Why the queue could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +96,14 @@ pub struct Health {
 /// The operations delivery needs. See the module header for the guarantees.
 pub trait Queue: Send + Sync + 'static {
     /// Stores `event` and its deliveries; returns once they are committed.
+    /// With `dedup` (key, until when), an event whose key is inside its window
+    /// is not stored: the answer names the first event of that key.
     fn enqueue(
         &self,
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
-    ) -> BoxFuture<'_, Result<(), QueueError>>;
+        dedup: Option<(String, i64)>,
+    ) -> BoxFuture<'_, Result<Ingested, QueueError>>;
 
     /// Claims up to `limit` of `client`'s fresh deliveries, in commit order.
     fn claim_fresh(&self, client: &str, limit: usize) -> BoxFuture<'_, Vec<Job>>;

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use super::{Health, Page, Queue, QueueError, Sweep};
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Update};
-use crate::store::{Store, StoreError};
+use crate::store::{Ingested, Store, StoreError};
 
 /// Jobs a client's inbox keeps in memory; beyond, the store holds them.
 const INBOX: usize = 8192;
@@ -225,13 +225,16 @@ impl Queue for SqliteQueue {
         &self,
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
-    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        dedup: Option<(String, i64)>,
+    ) -> BoxFuture<'_, Result<Ingested, QueueError>> {
         let clients = self.clients.clone();
         let (ev, ds) = (event.clone(), deliveries.clone());
         let after = Box::new(move |seqs: &[i64]| Self::push(&clients, &ev, &ds, seqs));
         async move {
-            self.store.ingest(event, deliveries, Some(after)).await?;
-            Ok(())
+            Ok(self
+                .store
+                .ingest(event, deliveries, dedup, Some(after))
+                .await?)
         }
         .boxed()
     }
@@ -462,7 +465,7 @@ mod tests {
                 id: new_delivery_id(),
                 client_id: "a".into(),
             };
-            q.enqueue(Arc::new(event), vec![d]).await.unwrap();
+            q.enqueue(Arc::new(event), vec![d], None).await.unwrap();
         }
         (dir, q)
     }
@@ -485,7 +488,7 @@ mod tests {
             id: new_delivery_id(),
             client_id: "a".into(),
         };
-        q.enqueue(Arc::new(event), vec![d]).await.unwrap();
+        q.enqueue(Arc::new(event), vec![d], None).await.unwrap();
         assert_eq!(seqs(&q.claim_fresh("a", 2).await), [6]);
     }
 

@@ -25,8 +25,11 @@
 //! HTTP either.
 
 pub mod inspect;
+pub mod retention;
 pub mod rows;
 mod schema;
+
+pub use schema::Ingested;
 
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -115,8 +118,10 @@ enum Op {
         event: Arc<Event>,
         received_at: i64,
         deliveries: Vec<NewDelivery>,
+        /// (key, until when): the de-duplication window, when one is asked.
+        dedup: Option<(String, i64)>,
         after: Option<AfterCommit>,
-        done: oneshot::Sender<Result<Vec<i64>, StoreError>>,
+        done: oneshot::Sender<Result<Ingested, StoreError>>,
     },
     Update(Box<Update>, Option<oneshot::Sender<Result<(), StoreError>>>),
     Client {
@@ -200,18 +205,21 @@ impl Store {
 
     /// Stores `event` and its deliveries; returns their seqs once committed.
     /// `after` runs on the writer thread right after the commit, before any later
-    /// commit, so work handed out from it stays in commit order.
+    /// commit, so work handed out from it stays in commit order. With `dedup`
+    /// (key, until), an event whose key is in its window is not stored again.
     pub async fn ingest(
         &self,
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
+        dedup: Option<(String, i64)>,
         after: Option<AfterCommit>,
-    ) -> Result<Vec<i64>, StoreError> {
+    ) -> Result<Ingested, StoreError> {
         let (done, rx) = oneshot::channel();
         let op = Op::Ingest {
             received_at: event.received_at,
             event,
             deliveries,
+            dedup,
             after,
             done,
         };
@@ -436,14 +444,16 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
         let result = apply(&mut conn, &mut batch);
+        crate::metrics::store_commit(began.elapsed(), batch.len());
         finish(batch, result);
     }
 }
 
 /// What each op of a batch produced, in batch order.
 enum Outcome {
-    Seqs(Vec<i64>),
+    Ingested(Ingested),
     Count(usize),
     Value(AnyValue),
     Nothing,
@@ -456,8 +466,10 @@ fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             event,
             received_at,
             deliveries,
+            dedup,
             ..
-        } => schema::insert_event(conn, event, *received_at, deliveries).map(Outcome::Seqs),
+        } => schema::insert_event(conn, event, *received_at, deliveries, dedup.as_ref())
+            .map(Outcome::Ingested),
         Op::Update(u, _) => schema::apply_update(conn, u).map(|_| Outcome::Nothing),
         Op::Client {
             client_id,
@@ -539,14 +551,14 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
             .map_err(StoreError::Write);
         match op {
             Op::Ingest { after, done, .. } => {
-                let seqs = outcome.map(|o| match o {
-                    Outcome::Seqs(s) => s,
-                    _ => unreachable!("ingest yields seqs"),
+                let ingested = outcome.map(|o| match o {
+                    Outcome::Ingested(i) => i,
+                    _ => unreachable!("ingest yields its outcome"),
                 });
-                if let (Ok(seqs), Some(after)) = (&seqs, after) {
+                if let (Ok(Ingested::Stored(seqs)), Some(after)) = (&ingested, after) {
                     after(seqs);
                 }
-                let _ = done.send(seqs);
+                let _ = done.send(ingested);
             }
             Op::Update(_, done) => {
                 if let Some(done) = done {

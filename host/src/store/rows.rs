@@ -292,6 +292,31 @@ pub fn active_uploads(c: &Connection) -> rusqlite::Result<Vec<(String, String)>>
     .collect()
 }
 
+/// Unfinished deliveries by state, and when the oldest pending one was
+/// created (ms). Both read the partial index of unfinished work only.
+#[allow(clippy::type_complexity)]
+pub fn queue_depth(c: &Connection) -> rusqlite::Result<(Vec<(String, i64)>, Option<i64>)> {
+    let by_state = c
+        .prepare_cached(
+            "SELECT state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'held', 'plugin_error') GROUP BY state",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+    let retrying: i64 = c.query_row(
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'retrying'",
+        [],
+        |r| r.get(0),
+    )?;
+    let oldest = c.query_row(
+        "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND state IN ('pending', 'held', 'plugin_error')",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut by_state = by_state;
+    by_state.push(("retrying".into(), retrying));
+    Ok((by_state, oldest))
+}
+
 /// A stored event, if one of `client`'s deliveries came from it.
 pub fn event_of_client(
     c: &Connection,

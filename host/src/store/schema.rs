@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::Event;
 use crate::model::{NewDelivery, Update, now_ms};
@@ -115,6 +115,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (client_id, version)
     ) WITHOUT ROWID;
     ALTER TABLE client_state ADD COLUMN plugin_version TEXT;
+    -- The de-duplication window of POST /v1/events: an event's own identity
+    -- (the envelope's instance, URL and webhookId, or a hash of the body) and
+    -- the event that first came with it, until the window ends.
+    CREATE TABLE event_keys (
+        key        TEXT PRIMARY KEY,
+        event_id   TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 
@@ -161,7 +169,39 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// What an ingest did.
+pub enum Ingested {
+    /// Stored, with the seqs of its deliveries.
+    Stored(Vec<i64>),
+    /// Inside the de-duplication window of this earlier event: nothing stored.
+    Duplicate(String),
+}
+
 pub fn insert_event(
+    tx: &Connection,
+    event: &Event,
+    received_at: i64,
+    deliveries: &[NewDelivery],
+    dedup: Option<&(String, i64)>,
+) -> rusqlite::Result<Ingested> {
+    if let Some((key, until)) = dedup {
+        let seen: Option<String> = tx
+            .prepare_cached("SELECT event_id FROM event_keys WHERE key = ?1 AND expires_at > ?2")?
+            .query_row(params![key, received_at], |r| r.get(0))
+            .optional()?;
+        if let Some(first) = seen {
+            return Ok(Ingested::Duplicate(first));
+        }
+        tx.prepare_cached(
+            "INSERT INTO event_keys (key, event_id, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET event_id = ?2, expires_at = ?3",
+        )?
+        .execute(params![key, event.id, until])?;
+    }
+    insert_event_rows(tx, event, received_at, deliveries).map(Ingested::Stored)
+}
+
+fn insert_event_rows(
     tx: &Connection,
     event: &Event,
     received_at: i64,

@@ -30,7 +30,10 @@ pub struct Config {
     delivery: Vec<String>,
     clients: Vec<Client>,
     toml: Vec<String>,
+    store: Vec<String>,
     pub(super) files: Vec<(String, PathBuf)>,
+    /// Environment variables of the host's process.
+    pub(super) env: Vec<(String, String)>,
 }
 
 impl Config {
@@ -46,7 +49,9 @@ impl Config {
             delivery: Vec::new(),
             clients: Vec::new(),
             toml: Vec::new(),
+            store: Vec::new(),
             files: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -70,6 +75,12 @@ impl Config {
     /// A line in `[server]`: `ingest_token = "…"`, a timeout…
     pub fn server(mut self, line: &str) -> Config {
         self.server.push(line.into());
+        self
+    }
+
+    /// An environment variable of the host: `HOOKWASM_LOG_FORMAT=json`…
+    pub fn env(mut self, key: &str, value: &str) -> Config {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -99,6 +110,18 @@ impl Config {
 
     pub fn client(mut self, client: Client) -> Config {
         self.clients.push(client);
+        self
+    }
+
+    /// The config without client `id`.
+    pub fn without_client(mut self, id: &str) -> Config {
+        self.clients.retain(|c| c.id != id);
+        self
+    }
+
+    /// A line in `[store]`: `retention = "30d"`…
+    pub fn store(mut self, line: &str) -> Config {
+        self.store.push(line.into());
         self
     }
 
@@ -146,6 +169,7 @@ impl Config {
         }
         lines(&mut t, &self.plugins);
         t.push_str("\n[store]\npath = \"data/hookwasm.db\"\n");
+        lines(&mut t, &self.store);
         if self.loopback || !self.delivery.is_empty() {
             t.push_str("\n[delivery]\n");
             if self.loopback {

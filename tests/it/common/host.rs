@@ -73,6 +73,7 @@ impl Host {
             .arg(&self.config)
             .env("HOOKWASM_LOG", "info,hookwasm=debug,plugin=debug")
             .env("LISTEN_FDS", "1")
+            .envs(self.setup.env.iter().map(|(k, v)| (k, v)))
             .env_remove("LISTEN_PID")
             .stdout(Stdio::null())
             .stderr(log);
@@ -337,6 +338,41 @@ impl Host {
         self.listener.set_nonblocking(true).unwrap();
         while self.listener.accept().is_ok() {}
         self.spawn().await;
+    }
+
+    /// Changes the config file while the host runs (written beside, then
+    /// renamed over, as configuration tools do); returns the new text.
+    pub fn rewrite_config(&mut self, change: impl FnOnce(Config) -> Config) -> String {
+        self.setup = change(self.setup.clone());
+        let text = self.setup.render(&self.addr.to_string());
+        self.write_config(&text);
+        text
+    }
+
+    /// The config text `change` makes of the current one, which it becomes
+    /// (not written: the test puts it where it wants).
+    pub fn setup_with(&mut self, change: impl FnOnce(Config) -> Config) -> String {
+        self.setup = change(self.setup.clone());
+        self.setup.render(&self.addr.to_string())
+    }
+
+    /// GETs `path` as the operator; the status and the text.
+    pub async fn api_text(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(super::OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// Puts `text` in the config file (beside, then renamed over).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.config.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
     }
 
     /// Changes the config (`change` gets the one the host started with), stops

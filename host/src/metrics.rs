@@ -1,0 +1,109 @@
+//! Metrics: recorded where things happen, through the `metrics` facade, and
+//! rendered as Prometheus text at `GET /metrics` by `metrics-exporter-prometheus`.
+//! Until [`install`] runs (the library's own tests, `plugin test`), recording
+//! costs nothing and goes nowhere.
+//!
+//! Every name starts `hookwasm_`. Labels stay bounded: a client id (the
+//! operator's list), an event name (the known ones, else `other`), an outcome.
+//! What the store knows (queue depth by state, the oldest pending delivery's
+//! age) is read when scraped, not kept twice.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Seconds, from 100 µs to a minute: plugin calls, attempts, commits.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the process-wide recorder (once); the handle renders the text.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder already installed (a second host in one process)
+        // keeps recording; this handle then renders nothing of its own.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// The Prometheus text of everything recorded.
+pub fn render() -> String {
+    install().render()
+}
+
+/// An event in: its name and the status answered.
+pub fn event_ingested(name: &str, status: u16) {
+    let name = if crate::event::KNOWN_EVENTS.contains(&name) {
+        name.to_string()
+    } else {
+        "other".to_string()
+    };
+    counter!("hookwasm_events_ingested_total", "event" => name, "status" => status.to_string())
+        .increment(1);
+}
+
+/// An attempt made: how long it took and what it led to (`delivered`,
+/// `retry`, `failed`, `gone`).
+pub fn attempt(client: &str, outcome: &'static str, took: Duration) {
+    counter!("hookwasm_attempts_total", "client" => client.to_string(), "outcome" => outcome)
+        .increment(1);
+    histogram!("hookwasm_attempt_duration_seconds", "client" => client.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// A delivery that ended or was parked: `delivered`, `failed`, `skipped`,
+/// `held`, `plugin_error`.
+pub fn delivery(client: &str, state: &'static str) {
+    counter!("hookwasm_deliveries_total", "client" => client.to_string(), "state" => state)
+        .increment(1);
+}
+
+/// A plugin call: how long, and whether it trapped (or ran out of time or memory).
+pub fn plugin_call(took: Duration, trapped: bool) {
+    histogram!("hookwasm_plugin_call_duration_seconds").record(took.as_secs_f64());
+    if trapped {
+        counter!("hookwasm_plugin_traps_total").increment(1);
+    }
+}
+
+/// A plugin loaded (`ok`) or refused (`failed`), from the folder or an upload.
+pub fn plugin_load(ok: bool) {
+    counter!("hookwasm_plugin_loads_total", "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+}
+
+/// One commit of the store's writer: how long, and how many writes it carried.
+pub fn store_commit(took: Duration, writes: usize) {
+    histogram!("hookwasm_store_commit_duration_seconds").record(took.as_secs_f64());
+    counter!("hookwasm_store_writes_total").increment(writes as u64);
+}
+
+/// A reload of the config file, applied or refused.
+pub fn config_reload(ok: bool) {
+    counter!("hookwasm_config_reloads_total", "result" => if ok { "ok" } else { "failed" })
+        .increment(1);
+}
+
+/// What the store says, set just before rendering: unfinished deliveries by
+/// state, and the age of the oldest pending one (0 without one).
+pub fn queue_depth(by_state: &[(String, i64)], oldest_pending_age: Duration) {
+    for state in ["pending", "retrying", "held", "plugin_error"] {
+        let n = by_state
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        gauge!("hookwasm_queue_depth", "state" => state).set(n as f64);
+    }
+    gauge!("hookwasm_oldest_pending_age_seconds").set(oldest_pending_age.as_secs_f64());
+}
