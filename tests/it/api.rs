@@ -583,7 +583,7 @@ async fn api_clients_tokens_and_plugins_survive_a_restart() {
         .await;
     assert_eq!(status, 201);
 
-    host.restart().await;
+    host.restart_with(|c| c).await;
     let (status, me) = host
         .api("GET", "/v1/clients/keep", Some(&token), None)
         .await;

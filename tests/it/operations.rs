@@ -15,18 +15,7 @@ async fn the_config_file_is_applied_live_and_a_broken_one_changes_nothing() {
     let recv = Receiver::start().await;
     let mut host = Config::new().client(Client::to(&recv, "a")).start().await;
     let good = host.rewrite_config(|c| c.client(Client::to(&recv, "b").config("channel", "#b")));
-    eventually(WAIT, "client b to be served")
-        .log(&host)
-        .until(async || {
-            let st = host.status().await;
-            st["clients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["id"] == "b")
-                .then_some(())
-        })
-        .await;
+    host.wait_client("b").await;
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
     recv.wait_for("/b", 1, WAIT).await;
     recv.wait_for("/a", 1, WAIT).await;
@@ -108,18 +97,7 @@ async fn sighup_reloads_the_config() {
         .log(&host)
         .until(async || host.log().contains("reason=\"SIGHUP\"").then_some(()))
         .await;
-    eventually(WAIT, "client late to be served")
-        .log(&host)
-        .until(async || {
-            let st = host.status().await;
-            st["clients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["id"] == "late")
-                .then_some(())
-        })
-        .await;
+    host.wait_client("late").await;
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
     recv.wait_for("/late", 1, WAIT).await;
 }

@@ -335,6 +335,10 @@ impl Host {
     /// Connections made while no host ran are closed first, as a closed port
     /// would have refused them.
     pub async fn restart(&mut self) {
+        assert!(
+            self.child.as_mut().unwrap().try_wait().unwrap().is_some(),
+            "restart a host that stopped (sigterm, kill9), or use restart_with"
+        );
         self.listener.set_nonblocking(true).unwrap();
         while self.listener.accept().is_ok() {}
         self.spawn().await;
@@ -354,6 +358,18 @@ impl Host {
     pub fn setup_with(&mut self, change: impl FnOnce(Config) -> Config) -> String {
         self.setup = change(self.setup.clone());
         self.setup.render(&self.addr.to_string())
+    }
+
+    /// Waits until client `id` has a worker (the status names it).
+    pub async fn wait_client(&self, id: &str) {
+        eventually(SHOW, format!("client {id} to be served"))
+            .log(self)
+            .until(async || {
+                let st = self.status().await;
+                let clients = st["clients"].as_array().cloned().unwrap_or_default();
+                clients.iter().any(|c| c["id"] == id).then_some(())
+            })
+            .await;
     }
 
     /// GETs `path` as the operator; the status and the text.
