@@ -126,8 +126,12 @@ async fn main() {
         .unwrap()
         .local_addr()
         .unwrap();
+    // HOOKWASM_BENCH_RETENTION=1s: retention pruning runs under the load.
+    let retention = std::env::var("HOOKWASM_BENCH_RETENTION")
+        .map(|r| format!("retention = \"{r}\"\n"))
+        .unwrap_or_default();
     let config = format!(
-        "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\npath = \"hookwasm.db\"\n\
+        "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\npath = \"hookwasm.db\"\n{retention}\
          [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
          [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
     );
@@ -175,4 +179,18 @@ async fn main() {
     );
     println!("  hookwasm end to end         {rate:>10.0} deliveries/s");
     println!("  ratio end to end / bare     {:>10.3}", rate / bare_rate);
+    // The store after a clean stop (its WAL checkpointed), per event stored.
+    let bytes: u64 = ["hookwasm.db", "hookwasm.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let events = (n + 2_000) as f64; // the warm-up and the measured ones
+    println!(
+        "  store size                  {:>10.1} MiB, {:.0} bytes/event, {:.0} MiB per million events{}",
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / events,
+        bytes as f64 / events * 1e6 / (1 << 20) as f64,
+        if retention.is_empty() { "" } else { " (with retention pruning)" }
+    );
 }
