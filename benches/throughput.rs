@@ -191,6 +191,10 @@ async fn main() {
         bytes as f64 / (1 << 20) as f64,
         bytes as f64 / events,
         bytes as f64 / events * 1e6 / (1 << 20) as f64,
-        if retention.is_empty() { "" } else { " (with retention pruning)" }
+        if retention.is_empty() {
+            ""
+        } else {
+            " (with retention pruning)"
+        }
     );
 }

@@ -158,8 +158,8 @@ impl Directory {
         {
             at_restart.push("server limits (max_body, timeouts, max_connections)");
         }
-        if new.store.path != old.store.path {
-            at_restart.push("store.path");
+        if new.store.path != old.store.path || new.store.retention != old.store.retention {
+            at_restart.push("[store]");
         }
         if new.plugins.dir != old.plugins.dir
             || new.plugins.cache_dir != old.plugins.cache_dir
@@ -171,7 +171,11 @@ impl Directory {
             at_restart.push("[plugins] (but its limits)");
         }
         *self.config.write().unwrap() = Arc::new(new);
-        self.reload_locked().await?;
+        if let Err(e) = self.reload_locked().await {
+            // All of it or none of it: the old configuration serves on.
+            *self.config.write().unwrap() = old;
+            return Err(e);
+        }
         let mut st = self.reloads.lock().unwrap();
         st.loaded_at = now_ms();
         st.reloads += 1;

@@ -47,6 +47,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let cancel = CancellationToken::new();
+    // First: what starting up does (plugin loads) is counted too.
+    metrics::install();
     let store = store::Store::open(&config.store.path)?;
     let runtime = Arc::new(
         plugin::Runtime::new(plugin::RuntimeOptions {
@@ -72,13 +74,14 @@ pub async fn run(
             .context("cannot read the clients from the store")?,
     );
     load_active_uploads(&store, &registry, &directory).await?;
-    reload::watch(directory.clone(), cancel.clone())?;
+    if let Err(e) = reload::watch(directory.clone(), cancel.clone()) {
+        tracing::error!("the config file is not watched ({e:#}); SIGHUP reloads it");
+    }
     tokio::spawn(store::retention::run(
         store.clone(),
         config.store.retention,
         cancel.clone(),
     ));
-    metrics::install();
     let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(store.clone()));
     let dispatcher = Arc::new(deliver::Dispatcher::new(
         directory.clone(),
@@ -102,6 +105,7 @@ pub async fn run(
         directory: directory.clone(),
         store: store.clone(),
         uploading: Default::default(),
+        depth_read: Default::default(),
     }));
     tracing::info!(
         listen = %listener.local_addr()?, clients = directory.current().entries.len(),

@@ -11,6 +11,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use metrics::SharedString;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -42,30 +43,50 @@ pub fn render() -> String {
     install().render()
 }
 
-/// An event in: its name and the status answered.
-pub fn event_ingested(name: &str, status: u16) {
-    let name = if crate::event::KNOWN_EVENTS.contains(&name) {
-        name.to_string()
-    } else {
-        "other".to_string()
-    };
-    counter!("hookwasm_events_ingested_total", "event" => name, "status" => status.to_string())
-        .increment(1);
+/// An event in: its name and the answer (`202`, `400`, …, or `duplicate`).
+/// Labels are static strings: nothing is allocated per event.
+pub fn event_ingested(name: &str, answer: &'static str) {
+    let name: &'static str = crate::event::KNOWN_EVENTS
+        .iter()
+        .find(|k| **k == name)
+        .copied()
+        .unwrap_or(if name == "invalid" {
+            "invalid"
+        } else {
+            "other"
+        });
+    counter!("hookwasm_events_ingested_total", "event" => name, "status" => answer).increment(1);
+}
+
+/// A status code as a static label.
+pub fn status_label(status: u16) -> &'static str {
+    match status {
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        503 => "503",
+        _ => "other",
+    }
 }
 
 /// An attempt made: how long it took and what it led to (`delivered`,
 /// `retry`, `failed`, `gone`).
-pub fn attempt(client: &str, outcome: &'static str, took: Duration) {
-    counter!("hookwasm_attempts_total", "client" => client.to_string(), "outcome" => outcome)
+/// `client` is the worker's label, made once: cloning it does not allocate.
+pub fn attempt(client: &SharedString, outcome: &'static str, took: Duration) {
+    counter!("hookwasm_attempts_total", "client" => client.clone(), "outcome" => outcome)
         .increment(1);
-    histogram!("hookwasm_attempt_duration_seconds", "client" => client.to_string())
+    histogram!("hookwasm_attempt_duration_seconds", "client" => client.clone())
         .record(took.as_secs_f64());
 }
 
 /// A delivery that ended or was parked: `delivered`, `failed`, `skipped`,
 /// `held`, `plugin_error`.
-pub fn delivery(client: &str, state: &'static str) {
-    counter!("hookwasm_deliveries_total", "client" => client.to_string(), "state" => state)
+pub fn delivery(client: &SharedString, state: &'static str) {
+    counter!("hookwasm_deliveries_total", "client" => client.clone(), "state" => state)
         .increment(1);
 }
 

@@ -76,6 +76,17 @@ pub fn watch(directory: Arc<Directory>, cancel: CancellationToken) -> anyhow::Re
 
 /// Reads the file again and applies it, or reports why not.
 async fn reload(directory: &Directory, path: &std::path::Path, why: &str) {
+    // Read until two reads a moment apart agree: a file still being written
+    // in place is not applied half-way (a half that parses could drop clients).
+    let mut seen = std::fs::read(path).ok();
+    for _ in 0..10 {
+        tokio::time::sleep(QUIET / 2).await;
+        let now = std::fs::read(path).ok();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     let file = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Config::load(&file))
         .await

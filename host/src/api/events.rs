@@ -69,10 +69,11 @@ async fn take(
 ) -> Response {
     let mut name = None;
     let response = ingest(st, q, headers, body, only, &mut name).await;
-    crate::metrics::event_ingested(
-        name.as_deref().unwrap_or("invalid"),
-        response.status().as_u16(),
-    );
+    let answer = match response.extensions().get::<Duplicate>() {
+        Some(_) => "duplicate",
+        None => crate::metrics::status_label(response.status().as_u16()),
+    };
+    crate::metrics::event_ingested(name.as_deref().unwrap_or("invalid"), answer);
     response
 }
 
@@ -171,6 +172,7 @@ async fn ingest(
             .into_response(),
         Ok(Ingested::Duplicate(first)) => (
             StatusCode::ACCEPTED,
+            axum::Extension(Duplicate),
             Json(json!({ "id": first, "deliveries": 0, "duplicate": true })),
         )
             .into_response(),
@@ -184,13 +186,20 @@ async fn ingest(
     }
 }
 
+/// Marks the answer to a copy inside the de-duplication window (for the metrics).
+#[derive(Clone, Copy)]
+struct Duplicate;
+
 /// An event's own identity, for the de-duplication window: where the 4.1
 /// envelope has them, the sending instance, its URL and the webhook's id;
 /// otherwise a hash of the body.
 fn identity(event: &Event) -> String {
     use sha2::{Digest, Sha256};
     match &event.source {
-        Some(s) => format!("{}|{}|{}", s.instance_name, s.url, s.webhook_id),
+        // As JSON: no field's text can pass for another field's.
+        Some(s) => {
+            serde_json::to_string(&(&s.instance_name, &s.url, s.webhook_id)).expect("plain data")
+        }
         None => format!("sha256:{}", hex::encode(Sha256::digest(&event.raw))),
     }
 }

@@ -56,6 +56,8 @@ pub struct Api {
     pub directory: Arc<Directory>,
     pub store: Store,
     pub auth: auth::Auth,
+    /// When `/metrics` last read the queue's depth from the store.
+    pub depth_read: std::sync::Mutex<Option<std::time::Instant>>,
     /// Clients with an upload being compiled: one at a time each.
     pub uploading: std::sync::Mutex<std::collections::HashSet<String>>,
 }

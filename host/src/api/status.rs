@@ -34,6 +34,9 @@ pub(super) async fn status(State(st): State<Arc<Api>>, headers: HeaderMap) -> Ap
     .into_response())
 }
 
+/// How often `/metrics` reads the queue's depth from the store at most.
+const DEPTH_EVERY: Duration = Duration::from_secs(5);
+
 #[utoipa::path(get, path = "/metrics", tag = "operator", security(("operator" = [])),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
         (status = 401, description = "no token, or one that is not known (unless `server.open_metrics`)", body = ErrorBody),
@@ -42,9 +45,26 @@ pub(super) async fn metrics(State(st): State<Arc<Api>>, headers: HeaderMap) -> A
     if !st.directory.config().server.open_metrics {
         Operator::check(&st, &headers)?;
     }
-    let (depth, oldest) = st.store.read(crate::store::rows::queue_depth).await?;
-    let age = oldest.map_or(0, |t| (crate::model::now_ms() - t).max(0));
-    crate::metrics::queue_depth(&depth, Duration::from_millis(age as u64));
+    // What the store says costs a read proportional to the backlog: done at
+    // most every few seconds, however often the route is called. A read that
+    // fails leaves the last figures (and is logged), not a failed scrape.
+    let due = {
+        let mut last = st.depth_read.lock().unwrap();
+        let due = last.is_none_or(|t| t.elapsed() >= DEPTH_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
+    if due {
+        match st.store.read(crate::store::rows::queue_depth).await {
+            Ok((depth, oldest)) => {
+                let age = oldest.map_or(0, |t| (crate::model::now_ms() - t).max(0));
+                crate::metrics::queue_depth(&depth, Duration::from_millis(age as u64));
+            }
+            Err(e) => tracing::error!("metrics: cannot read the queue's depth: {e}"),
+        }
+    }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::render(),
@@ -58,7 +78,13 @@ pub(super) async fn metrics(State(st): State<Arc<Api>>, headers: HeaderMap) -> A
 pub(super) async fn ready(State(st): State<Arc<Api>>) -> Response {
     // A write through the store's one writer: it must be alive and the file
     // writable, not merely open.
-    let probe = st.store.write(|c| c.execute_batch("SELECT 1"));
+    let probe = st.store.write(|c| {
+        c.execute(
+            "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = ?1",
+            [crate::model::now_ms()],
+        )
+        .map(|_| ())
+    });
     let store = match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -69,7 +95,7 @@ pub(super) async fn ready(State(st): State<Arc<Api>>) -> Response {
         "store": store.as_ref().err().map_or("ok", |e| e.as_str()),
         // The last good configuration serves; a file that does not check is
         // said here, and does not make the host unready.
-        "config": config.error.as_deref().map_or("ok".to_string(), |e| format!("serving the last good one; the file: {e}")),
+        "config": if config.error.is_some() { "error: the last good configuration serves (see /v1/status)" } else { "ok" },
     });
     let status = if store.is_ok() {
         StatusCode::OK

@@ -70,6 +70,10 @@ pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?;
+    // SIGHUP reloads the config (see `reload`); taken from here on, so one
+    // sent while the host starts does not end it (tokio keeps the handler for
+    // the process's life; the reload watcher listens later).
+    let _ = signal(SignalKind::hangup()).map_err(|e| anyhow!("cannot handle SIGHUP: {e}"))?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => {}

@@ -62,12 +62,12 @@ impl Worker {
             _ => "retry",
         };
         crate::metrics::attempt(
-            &self.id,
+            &self.label,
             outcome,
             std::time::Duration::from_millis(attempt.duration_ms.max(0) as u64),
         );
         if matches!(update.state, State::Delivered | State::Failed) {
-            crate::metrics::delivery(&self.id, update.state.as_str());
+            crate::metrics::delivery(&self.label, update.state.as_str());
         }
         if failed {
             tracing::debug!(client = %self.id, delivery = %job.id, attempt = attempts,

@@ -70,12 +70,14 @@ struct Settings {
     sender: http::Sender,
     /// `rate_limit`: attempts spaced `1/rate` apart (no burst), so the
     /// client never gets more than its rate in any second.
-    limiter: Option<governor::DefaultDirectRateLimiter>,
+    limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 /// One client's delivery state.
 struct Worker {
     id: String,
+    /// `id` as a metrics label, made once.
+    label: crate::metrics::SharedString,
     settings: RwLock<Arc<Settings>>,
     queue: Arc<dyn Queue>,
     registry: Arc<Registry>,
@@ -222,7 +224,8 @@ impl Dispatcher {
                     let health = self.queue.health(id).await?;
                     let worker = Arc::new(Worker {
                         id: id.to_string(),
-                        settings: RwLock::new(Arc::new(Settings::new(entry)?)),
+                        label: crate::metrics::SharedString::from(id.to_string()),
+                        settings: RwLock::new(Arc::new(Settings::new(entry, None)?)),
                         queue: self.queue.clone(),
                         registry: self.registry.clone(),
                         wake: self.queue.waker(id),
@@ -234,7 +237,7 @@ impl Dispatcher {
                         soonest_retry: Mutex::new(None),
                         parked_hint: AtomicBool::new(false),
                     });
-                    if let Lookup::Missing = worker.plugin_lookup() {
+                    if let Some(Lookup::Missing) = self.registry.lookup(&entry.plugin) {
                         tracing::warn!(client = %id, "its plugin ({:?}) is not there: the client's deliveries are held until it is", entry.plugin);
                     }
                     self.workers
@@ -317,13 +320,21 @@ impl Dispatcher {
 }
 
 impl Settings {
-    fn new(entry: &Entry) -> anyhow::Result<Settings> {
-        let limiter = entry.client.delivery.rate_limit.map(|r| {
-            let quota = governor::Quota::per_second(
-                std::num::NonZeroU32::new(r.max(1)).expect("at least 1"),
-            )
-            .allow_burst(std::num::NonZeroU32::MIN);
-            governor::RateLimiter::direct(quota)
+    /// The settings of `entry`; the rate limiter of `before` is kept when the
+    /// rate did not change (a new one would allow a request at once).
+    fn new(entry: &Entry, before: Option<&Settings>) -> anyhow::Result<Settings> {
+        let rate = entry.client.delivery.rate_limit;
+        let kept = before
+            .filter(|b| b.client.delivery.rate_limit == rate)
+            .and_then(|b| b.limiter.clone());
+        let limiter = kept.or_else(|| {
+            rate.map(|r| {
+                let quota = governor::Quota::per_second(
+                    std::num::NonZeroU32::new(r.max(1)).expect("at least 1"),
+                )
+                .allow_burst(std::num::NonZeroU32::MIN);
+                Arc::new(governor::RateLimiter::direct(quota))
+            })
         });
         Ok(Settings {
             limiter,
@@ -346,7 +357,7 @@ impl Worker {
             return Ok(());
         }
         let plugin_changed = old.plugin != entry.plugin;
-        *self.settings.write().unwrap() = Arc::new(Settings::new(entry)?);
+        *self.settings.write().unwrap() = Arc::new(Settings::new(entry, Some(&old))?);
         let want = entry.client.delivery.max_in_flight;
         let mut capacity = self.capacity.lock().unwrap();
         if want > *capacity {
@@ -368,14 +379,6 @@ impl Worker {
         }
         self.wake.notify_one();
         Ok(())
-    }
-
-    /// What serves this client's plugin right now; `Ready` of nothing for a
-    /// client without a plugin is never asked: see [`render`].
-    fn plugin_lookup(&self) -> Lookup {
-        self.registry
-            .lookup(&self.settings().plugin)
-            .unwrap_or(Lookup::Missing)
     }
 
     fn status(&self) -> ClientStatus {
@@ -546,7 +549,7 @@ impl Worker {
             match outcome {
                 Outcome::Send(render) => sends.push((job, render, true)),
                 Outcome::Park(update) => {
-                    crate::metrics::delivery(&self.id, update.state.as_str());
+                    crate::metrics::delivery(&self.label, update.state.as_str());
                     self.queue.park(&self.id, update)
                 }
             }

@@ -123,6 +123,12 @@ const MIGRATIONS: &[&str] = &[
         event_id   TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     ) WITHOUT ROWID;
+    CREATE INDEX event_keys_expiry ON event_keys (expires_at);
+    -- Retention finds whether an event still has deliveries. event_seq grows
+    -- with every ingest, so this index too grows at its right edge.
+    CREATE INDEX deliveries_event ON deliveries (event_seq);
+    -- /readyz writes here: a probe that the store takes writes.
+    CREATE TABLE probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
     "#,
 ];
 
