@@ -143,9 +143,30 @@ impl Directory {
     /// Applies a new configuration (a reload of the file): its clients and
     /// defaults from now on. Keys that only a restart applies (`listen`, the
     /// store, the plugin folder…) are named in the answer, and not applied.
-    pub async fn apply_config(&self, new: Config) -> Result<Vec<&'static str>, StoreError> {
+    pub async fn apply_config(&self, new: Config) -> Result<Vec<&'static str>, DirError> {
         let _one = self.changing.lock().await;
         let old = self.config();
+        // The clients made through the API must stay valid under the new file:
+        // a file that would drop one (a default it relied on, or a file client
+        // taking its id) is refused as a whole, like a file with an error.
+        for entry in self
+            .current()
+            .entries
+            .iter()
+            .filter(|e| e.origin == Origin::Api)
+        {
+            let id = &entry.client.id;
+            if new.client(id).is_some() {
+                return Err(DirError::Invalid(format!(
+                    "client {id:?} is declared in the file and was created through the API; delete one of them first"
+                )));
+            }
+            if let Err(e) = new.client_from_json(&entry.spec) {
+                return Err(DirError::Invalid(format!(
+                    "client {id:?}, created through the API, would no longer be valid: {e:#}"
+                )));
+            }
+        }
         let mut at_restart = Vec::new();
         if new.server.listen != old.server.listen {
             at_restart.push("server.listen");
@@ -174,7 +195,7 @@ impl Directory {
         if let Err(e) = self.reload_locked().await {
             // All of it or none of it: the old configuration serves on.
             *self.config.write().unwrap() = old;
-            return Err(e);
+            return Err(e.into());
         }
         let mut st = self.reloads.lock().unwrap();
         st.loaded_at = now_ms();

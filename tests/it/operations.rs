@@ -69,6 +69,34 @@ async fn the_config_file_is_applied_live_and_a_broken_one_changes_nothing() {
     );
 }
 
+/// A file that would take the id of a client made through the API, or make one
+/// invalid, is refused as a whole: that client keeps its settings.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_would_drop_an_api_client_is_refused() {
+    let recv = Receiver::start().await;
+    let mut host = Config::new().start().await;
+    host.api_client("made", &recv.url("/made"), json!({})).await;
+    host.rewrite_config(|c| c.client(Client::new("made", &recv.url("/file"))));
+    let st = eventually(WAIT, "the clash to be reported")
+        .log(&host)
+        .until(async || {
+            let st = host.status().await;
+            let error = st["config"]["error"].as_str().unwrap_or("").to_string();
+            error.contains("created through the API").then_some(st)
+        })
+        .await;
+    assert!(
+        st["config"]["error"].as_str().unwrap().contains("\"made\""),
+        "{st}"
+    );
+    assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    recv.wait_for("/made", 1, WAIT).await;
+    assert!(
+        recv.got("/file").is_empty(),
+        "the API's client kept its URL"
+    );
+}
+
 /// SIGHUP reads the file again, even where no change was seen: here the config
 /// is a link to a file in another folder, which the watcher does not see.
 #[tokio::test(flavor = "multi_thread")]
