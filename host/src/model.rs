@@ -68,6 +68,24 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A time as people and tools write it, in ms since the Unix epoch: RFC 3339
+/// (`2026-05-24T21:00:00Z`), milliseconds, or a duration meaning that long ago
+/// (`2h`). `None` for anything else. The API's `since`/`until` and the command
+/// line's `--since` read times this one way.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Some(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        );
+    }
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let ago = humantime::parse_duration(s).ok()?;
+    Some(now_ms() - ago.as_millis() as i64)
+}
+
 /// A delivery to create with an event.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {

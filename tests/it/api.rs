@@ -379,6 +379,10 @@ async fn a_client_token_reaches_its_own_routes_only() {
         let (status, _) = host.api(method, path, None, None).await;
         assert_eq!(status, 401, "{method} {path} without a token");
     }
+    // A path that cannot be read is refused in JSON like every refusal (the
+    // helper panics on an answer that is not JSON).
+    let (status, bad) = host.api("GET", "/v1/admin/clients/%FF", op, None).await;
+    assert_eq!(status, 400, "{bad}");
     // A revoked token is a stranger.
     let (_, list) = host
         .api("GET", "/v1/admin/clients/b/tokens", op, None)

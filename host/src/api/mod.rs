@@ -315,18 +315,9 @@ fn token_refusal(st: &Api, q: &TokenQuery, headers: &HeaderMap) -> Option<Respon
 
 /// Milliseconds from an RFC 3339 time or a duration meaning that long ago.
 fn parse_time(key: &str, s: &str) -> ApiResult<i64> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64));
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    let ago = humantime::parse_duration(s).map_err(|_| {
+    crate::model::parse_time(s).ok_or_else(|| {
         ApiError::bad(format!(
             "{key}={s:?} is neither a time (2026-05-24T21:00:00Z), milliseconds since 1970, nor a duration ago (2h)"
         ))
-    })?;
-    Ok(crate::model::now_ms() - ago.as_millis() as i64)
+    })
 }

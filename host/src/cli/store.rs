@@ -13,7 +13,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hookwasm::config::Config;
-use hookwasm::model::now_ms;
 use hookwasm::store::{Store, inspect::Inspector};
 
 pub fn deliveries(
@@ -126,15 +125,11 @@ pub async fn replay(
     Ok(ExitCode::SUCCESS)
 }
 
-/// RFC 3339, or a duration meaning that long ago.
+/// A time, as every command and route reads one (`hookwasm::model::parse_time`).
 fn parse_since(s: &str) -> Result<i64> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64);
-    }
-    let ago = humantime::parse_duration(s).map_err(|_| {
+    hookwasm::model::parse_time(s).ok_or_else(|| {
         anyhow!("--since {s:?} is neither a time (2026-05-24T21:00:00Z) nor a duration (2h)")
-    })?;
-    Ok(now_ms() - ago.as_millis() as i64)
+    })
 }
 
 /// Posts each line of `file` to the running host, a few at a time, with a bar.
