@@ -182,28 +182,32 @@ fn load_key(file: &Path) -> anyhow::Result<[u8; KEY_BYTES]> {
                 .create(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
+        // Written whole under a private name, then linked into place: `link`
+        // never replaces, so of several hosts starting together one wins and
+        // the others read a complete key, never a half-written one.
         let key: [u8; KEY_BYTES] = rand::random();
-        match std::fs::OpenOptions::new()
+        let tmp = file.with_extension(format!(
+            "tmp.{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(file)
-        {
-            Ok(mut f) => {
-                f.write_all(&key)
-                    .and_then(|_| f.sync_all())
-                    .with_context(|| {
-                        format!("cannot write the plugin cache key {}", file.display())
-                    })?;
-                return Ok(key);
-            }
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&key).and_then(|_| f.sync_all()))
+            .with_context(|| format!("cannot write the plugin cache key {}", tmp.display()));
+        let linked = written.and_then(|_| match std::fs::hard_link(&tmp, file) {
+            Ok(()) => Ok(true),
             // Another process made it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot create the plugin cache key {}", file.display())
-                });
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e)
+                .with_context(|| format!("cannot create the plugin cache key {}", file.display())),
+        });
+        let _ = std::fs::remove_file(&tmp);
+        if linked? {
+            return Ok(key);
         }
     }
     check_private(file, 0o077, "readable or writable by other users")?;
@@ -216,4 +220,41 @@ fn load_key(file: &Path) -> anyhow::Result<[u8; KEY_BYTES]> {
             b.len()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hosts starting together on one cache folder must agree on one key;
+    /// none may read the file while another is still writing it.
+    #[test]
+    fn hosts_starting_together_share_one_whole_key() {
+        for _ in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("keys").join("plugin-cache.key");
+            let start = std::sync::Barrier::new(8);
+            let keys: Vec<[u8; KEY_BYTES]> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load_key(&file)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert!(
+                keys.iter().all(|k| *k == keys[0]),
+                "the hosts made different keys"
+            );
+            assert_eq!(std::fs::read(&file).unwrap(), keys[0]);
+            let left: Vec<_> = std::fs::read_dir(file.parent().unwrap()).unwrap().collect();
+            assert_eq!(left.len(), 1, "temporary files were left behind: {left:?}");
+        }
+    }
 }
