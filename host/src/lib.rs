@@ -8,12 +8,14 @@
 //!   → deliver: claim (queue) → render (plugin) → attempt (http, sign, retry)
 //! ```
 //!
+//! [`console`] is the web console, a client of the API in the same process.
 //! [`model`] holds the types the stages share, [`config`] the checked
 //! configuration; [`run`] wires the stages together under one cancellation
 //! token until told to stop.
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod deliver;
 pub mod directory;
 pub mod event;
@@ -91,7 +93,7 @@ pub async fn run(
     ));
     dispatcher.start().await?;
 
-    let app = api::router(Arc::new(api::Api {
+    let api_state = Arc::new(api::Api {
         max_body: config.server.max_body,
         max_upload: config.plugins.max_file_size as usize,
         body_timeout: config.server.body_timeout,
@@ -106,7 +108,10 @@ pub async fn run(
         store: store.clone(),
         uploading: Default::default(),
         depth_read: Default::default(),
-    }));
+    });
+    let app = api::router(api_state.clone());
+    // The console calls the API's routes in process (see console/mod.rs).
+    let app = app.clone().merge(console::router(app, api_state));
     tracing::info!(
         listen = %listener.local_addr()?, clients = directory.current().entries.len(),
         plugins = %config.plugins.dir.display(), store = %config.store.path.display(),

@@ -43,3 +43,7 @@ mod operations;
 
 /// The operator's command line: `serve` with a bad config, the demo receiver.
 mod commands;
+
+/// The web console in a real browser (headless Chromium through WebDriver):
+/// signing in, what operators and clients see, self-service plugins.
+mod console;

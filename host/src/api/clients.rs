@@ -30,6 +30,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<Api>> {
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(list_own))
+        .routes(routes!(activity))
         .routes(routes!(get_own_delivery))
         .routes(routes!(replay_own))
         .routes(routes!(rotate))
@@ -169,6 +170,17 @@ async fn list_own(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     super::admin::deliveries_page(&st, raw, Some(access.id())).await
+}
+
+#[utoipa::path(get, path = "/v1/clients/{id}/activity", tag = "client", security(("operator" = []), ("client" = [])), params(("id" = String, Path, description = "the client's id")),
+    responses((status = 200, description = "the client's last hour: deliveries made and attempts per minute, deliveries by state, the last success", body = crate::store::inspect::Activity), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody)))]
+async fn activity(access: ClientAccess, State(st): State<Arc<Api>>) -> ApiResult {
+    let (id, now) = (access.id().to_string(), crate::model::now_ms());
+    let activity = st
+        .store
+        .read(move |c| crate::store::inspect::activity(c, now, 60, Some(&id)))
+        .await?;
+    Ok(Json(activity).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/clients/{id}/deliveries/{did}", tag = "client", security(("operator" = []), ("client" = [])), params(("id" = String, Path, description = "the client's id"), ("did" = String, Path, description = "the delivery's id (`msg_…`, its `webhook-id`)")),

@@ -71,6 +71,7 @@ pub fn router(state: Arc<Api>) -> axum::Router {
         .routes(routes!(status::status))
         .routes(routes!(status::metrics))
         .routes(routes!(status::ready))
+        .routes(routes!(status::overview))
         .merge(admin::routes())
         .merge(clients::routes())
         .merge(plugins::routes())

@@ -251,6 +251,10 @@ struct DryRunAnswer {
     /// The version that ran: `file@hash` or `upload@version`; none without a plugin.
     plugin: Option<String>,
     event_id: String,
+    /// The event the plugin was given, as received; left out for a client
+    /// behind the operator's plugin, which may exist to redact it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_body: Option<String>,
     verdict: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     content_type: Option<String>,
@@ -368,9 +372,13 @@ async fn dry_run(
             (Some(tag), result)
         }
     };
+    let shown = req.event.is_some()
+        || access.caller == super::auth::Caller::Operator
+        || access.entry.client.plugin.is_none();
     let mut answer = DryRunAnswer {
         plugin: tag,
         event_id: event.id.clone(),
+        event_body: shown.then(|| String::from_utf8_lossy(&event.raw).into_owned()),
         verdict: "deliver",
         content_type: None,
         headers: None,

@@ -34,6 +34,38 @@ pub(super) async fn status(State(st): State<Arc<Api>>, headers: HeaderMap) -> Ap
     .into_response())
 }
 
+/// The last hour, minute by minute, with what waits and what is wrong now:
+/// the console's overview, for any dashboard.
+#[utoipa::path(get, path = "/v1/admin/overview", tag = "operator", security(("operator" = [])),
+    responses((status = 200, description = "the last hour's events and attempts per minute, its deliveries by state and client, the queue's depth, plugins that do not load and the config file's state", body = serde_json::Value),
+        (status = 401, description = "no token, or one that is not known", body = ErrorBody),
+        (status = 403, description = "a client token", body = ErrorBody)))]
+pub(super) async fn overview(_: Operator, State(st): State<Arc<Api>>) -> ApiResult {
+    let now = crate::model::now_ms();
+    let activity = st
+        .store
+        .read(move |c| crate::store::inspect::activity(c, now, 60, None))
+        .await?;
+    let (depth, oldest) = st.store.read(crate::store::rows::queue_depth).await?;
+    let queue: serde_json::Map<String, serde_json::Value> =
+        depth.into_iter().map(|(k, n)| (k, n.into())).collect();
+    let broken: Vec<_> = st
+        .registry
+        .status()
+        .into_iter()
+        .filter(|p| p.error.is_some())
+        .collect();
+    Ok(Json(json!({
+        "activity": activity,
+        "queue": queue,
+        "oldest_pending_at": oldest,
+        "plugin_errors": broken,
+        "config": st.directory.config_status(),
+        "clients": st.dispatcher.status(),
+    }))
+    .into_response())
+}
+
 /// How often `/metrics` reads the queue's depth from the store at most.
 const DEPTH_EVERY: Duration = Duration::from_secs(5);
 

@@ -175,6 +175,128 @@ pub fn select(
         .collect()
 }
 
+/// What happened over a recent window, minute by minute: for the console's
+/// overview and a client's page.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Activity {
+    /// The window's start (ms since 1970), on a minute.
+    pub since: i64,
+    /// One per minute of the window, oldest first.
+    pub minutes: Vec<Minute>,
+    /// The window's deliveries by state (deliveries made in it).
+    pub by_state: std::collections::BTreeMap<String, i64>,
+    /// The same, per client.
+    pub by_client: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+    /// When the window's last successful attempt (2xx) ended, per client.
+    pub last_success: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Minute {
+    /// The minute's start (ms since 1970).
+    pub at: i64,
+    /// Events received (for a client: its deliveries made).
+    pub events: i64,
+    /// Attempts answered 2xx.
+    pub delivered: i64,
+    /// Attempts that failed (any other answer, or none).
+    pub failed: i64,
+}
+
+/// The last `minutes` minutes up to `now` (ms), of every client or of one.
+///
+/// Events and deliveries are found by their ids, which are ULIDs and so start
+/// with their time: the window is a range of the id indexes, however long the
+/// history. Attempts are those of the window's deliveries (a retry of an older
+/// delivery is not counted).
+pub fn activity(
+    conn: &Connection,
+    now: i64,
+    minutes: i64,
+    client: Option<&str>,
+) -> rusqlite::Result<Activity> {
+    const MINUTE: i64 = 60_000;
+    let since = (now / MINUTE - minutes + 1) * MINUTE;
+    let floor = |prefix: &str| {
+        format!(
+            "{prefix}{}",
+            ulid::Ulid::from_parts(since as u64, 0)
+                .to_string()
+                .to_lowercase()
+        )
+    };
+    let mut out = Activity {
+        since,
+        minutes: (0..minutes)
+            .map(|i| Minute {
+                at: since + i * MINUTE,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let slot = |at: i64| usize::try_from((at - since) / MINUTE).ok();
+    // Received events, or for one client the deliveries made for it.
+    let arrivals = match client {
+        None => conn
+            .prepare_cached("SELECT received_at FROM events WHERE id >= ?1")?
+            .query_map([floor("evt_")], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?,
+        Some(c) => conn
+            .prepare_cached("SELECT created_at FROM deliveries WHERE id >= ?1 AND client_id = ?2")?
+            .query_map(params![floor("msg_"), c], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?,
+    };
+    for at in arrivals {
+        if let Some(m) = slot(at).and_then(|i| out.minutes.get_mut(i)) {
+            m.events += 1;
+        }
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT client_id, state, COUNT(*) FROM deliveries WHERE id >= ?1 AND (?2 IS NULL OR client_id = ?2) \
+         GROUP BY client_id, state",
+    )?;
+    let counts = stmt.query_map(params![floor("msg_"), client], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in counts {
+        let (c, state, n) = row?;
+        *out.by_state.entry(state.clone()).or_default() += n;
+        out.by_client.entry(c).or_default().insert(state, n);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.client_id, a.started_at + a.duration_ms, a.status BETWEEN 200 AND 299 \
+         FROM deliveries d JOIN attempts a ON a.delivery_seq = d.seq \
+         WHERE d.id >= ?1 AND (?2 IS NULL OR d.client_id = ?2)",
+    )?;
+    let attempts = stmt.query_map(params![floor("msg_"), client], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<bool>>(2)?.unwrap_or(false),
+        ))
+    })?;
+    for a in attempts {
+        let (c, ended, ok) = a?;
+        if ok {
+            let last = out.last_success.entry(c).or_default();
+            *last = (*last).max(ended);
+        }
+        if let Some(m) = slot(ended).and_then(|i| out.minutes.get_mut(i)) {
+            if ok {
+                m.delivered += 1;
+            } else {
+                m.failed += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
     Ok(DeliveryRow {
         id: r.get(0)?,

@@ -2,6 +2,7 @@
 //! built from parts, a real receiver on 127.0.0.1, the real `hookwasm` binary
 //! run against a config in a temp dir, and one way to wait.
 
+mod browser;
 mod config;
 mod custom_section;
 mod eventually;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub use browser::Browser;
 pub use config::{Client, Config};
 
 /// The operator token every host under test is configured with.

@@ -1,0 +1,290 @@
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const EVENT: &str = "new_feed_entry.json";
+
+/// A plain HTTP client that shows redirects instead of following them.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in over plain HTTP: the session cookie (`name=value`).
+async fn session(host: &Host, token: &str) -> String {
+    let r = http()
+        .post(host.url("/console/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "signing in redirects");
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .expect("a session cookie")
+        .to_str()
+        .unwrap()
+        .to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(flag), "{flag} in {cookie}");
+    }
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// The form token in a page's forms.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with its token")
+        + 19;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+/// The operator sees the overview (counts that match what was sent), every
+/// client and every delivery; client A sees its own pages and client B's are
+/// "not found" to it, exactly like a page that does not exist, and the other
+/// way round. Sessions are HttpOnly, SameSite=Strict cookies; a form without
+/// the session's form token, or from another origin, is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_see_everything_and_each_client_only_its_own() {
+    let recv = Receiver::start().await;
+    let host = Config::new().start().await;
+    let (_, a) = host
+        .api_client("a", &recv.url("/a"), serde_json::json!({}))
+        .await;
+    let (_, b) = host
+        .api_client("b", &recv.url("/b"), serde_json::json!({}))
+        .await;
+    for n in 0..3 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    recv.wait_for("/a", 3, WAIT).await;
+    recv.wait_for("/b", 3, WAIT).await;
+    let id_of = |client: &str| {
+        let d = host.deliveries(client);
+        d[0]["id"].as_str().unwrap().to_string()
+    };
+    let (a_msg, b_msg) = (id_of("a"), id_of("b"));
+
+    // Over plain HTTP: a wrong token gets no session; a form is acted on only
+    // with the session's form token and from this origin.
+    let r = http()
+        .post(host.url("/console/login"))
+        .form(&[("token", "hwk_not-a-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    let cookie = session(&host, &a).await;
+    let page = http()
+        .get(host.url(&format!("/console/clients/a/deliveries/{a_msg}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let replay = host.url(&format!("/console/clients/a/deliveries/{a_msg}/replay"));
+    let forged = http()
+        .post(&replay)
+        .header("cookie", &cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403, "no form token, no replay");
+    let cross = http()
+        .post(&replay)
+        .header("cookie", &cookie)
+        .header("origin", "http://evil.example")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403, "another site's form, no replay");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recv.got("/a").len(), 3, "a refused form sent nothing");
+    let done = http()
+        .post(&replay)
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 303, "the session's own form replays");
+    let again = recv.wait_for("/a", 4, WAIT).await;
+    assert_eq!(
+        again[3].header("webhook-id"),
+        a_msg,
+        "the same delivery again"
+    );
+
+    // The operator, in a browser.
+    let web = Browser::start(&host.url("")).await;
+    web.sign_in(OPERATOR).await;
+    assert_eq!(web.path().await, "/console/overview");
+    assert_eq!(web.text("#events-in").await, "3");
+    // Three events to two clients, and the one replay.
+    assert_eq!(web.text("#delivered-out").await, "7");
+    assert_eq!(web.text("td[data-state=delivered]").await, "6");
+    assert_eq!(web.text("#held").await, "0");
+    assert!(web.text("#plugin-errors").await.contains("None"));
+    web.screenshot("overview").await;
+    web.click("nav a[href='/console/clients']").await;
+    let table = web.text("#clients").await;
+    assert!(table.contains('a') && table.contains('b'), "{table}");
+    assert!(table.contains("healthy"), "{table}");
+    web.screenshot("clients").await;
+    web.open(&format!("/console/clients/b/deliveries/{b_msg}"))
+        .await;
+    assert!(web.text("#attempts").await.contains("HTTP 200"));
+    assert!(web.text("#event-body").await.contains("new_feed_entry"));
+    assert!(web.text("#rendered-body").await.contains("new_feed_entry"));
+    web.screenshot("delivery").await;
+
+    // Client a, in the same browser after signing out.
+    web.click(".signout button").await;
+    assert_eq!(web.path().await, "/console/login");
+    web.open("/console/overview").await;
+    assert_eq!(
+        web.path().await,
+        "/console/login",
+        "signed out is signed out"
+    );
+    web.sign_in(&a).await;
+    assert_eq!(web.path().await, "/console/clients/a");
+    assert!(web.text("#deliveries").await.contains(&a_msg));
+    web.select("#f-state", "delivered").await;
+    web.click(".filters button").await;
+    assert!(web.path().await.contains("?state=delivered&"));
+    assert!(web.text("#deliveries").await.contains(&a_msg));
+    web.select("#f-state", "failed").await;
+    web.click(".filters button").await;
+    assert!(web.has("#no-deliveries").await, "no failed deliveries");
+    web.open("/console/clients/a").await;
+    web.screenshot("client").await;
+
+    // What a does not own looks like what does not exist.
+    web.open("/console/clients/nobody").await;
+    let missing = (web.text("h1").await, web.text("#why").await);
+    assert_eq!(missing.0, "Not found");
+    for path in [
+        "/console/clients/b".to_string(),
+        "/console/clients/b/plugin".to_string(),
+        format!("/console/clients/b/deliveries/{b_msg}"),
+        "/console/overview".to_string(),
+        "/console/clients".to_string(),
+    ] {
+        web.open(&path).await;
+        if path == "/console/clients" {
+            // The list is the operator's: a client is taken to its own page.
+            assert_eq!(web.path().await, "/console/clients/a");
+            continue;
+        }
+        assert_eq!(
+            (web.text("h1").await, web.text("#why").await),
+            missing,
+            "{path} as a"
+        );
+        let html = web.html().await;
+        assert!(
+            !html.contains(&b_msg) && !html.contains("/b\""),
+            "{path}: {html}"
+        );
+    }
+    web.click(".signout button").await;
+    web.sign_in(&b).await;
+    assert_eq!(web.path().await, "/console/clients/b");
+    for path in [
+        format!("/console/clients/a/deliveries/{a_msg}"),
+        "/console/clients/a/plugin".to_string(),
+    ] {
+        web.open(&path).await;
+        assert_eq!(
+            (web.text("h1").await, web.text("#why").await),
+            missing,
+            "{path} as b"
+        );
+    }
+    web.close().await;
+}
+
+/// A client makes its own payload in the browser: it uploads a plugin without
+/// activating it, dry-runs it on a past event (the original and the rendering
+/// side by side, nothing sent), makes it active, and its next delivery is that
+/// rendering. A file that is not a plugin is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_uploads_dry_runs_and_activates_its_plugin_in_the_console() {
+    let recv = Receiver::start().await;
+    let host = Config::new().start().await;
+    let (_, token) = host
+        .api_client("acme", &recv.url("/acme"), serde_json::json!({}))
+        .await;
+    assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    recv.wait_for("/acme", 1, WAIT).await;
+
+    let web = Browser::start(&host.url("")).await;
+    web.sign_in(&token).await;
+    assert_eq!(web.path().await, "/console/clients/acme");
+    web.click("#plugin a").await;
+    assert_eq!(web.path().await, "/console/clients/acme/plugin");
+    assert!(web.text("#serving").await.contains("no plugin"));
+
+    // Upload, not active.
+    let chat = plugin("chat-message");
+    web.fill("#plugin-file", chat.to_str().unwrap()).await;
+    web.toggle("#activate-now").await;
+    web.click("#upload").await;
+    let flash = web.text("#flash").await;
+    assert!(
+        flash.starts_with("Uploaded version") && flash.contains("not active"),
+        "{flash}"
+    );
+    let version = hash_of(&chat);
+    assert!(flash.contains(&version), "{flash} names {version}");
+    assert!(web.text("#serving").await.contains("no plugin"));
+
+    // Dry run on the past event.
+    web.select("#dry-version", &version).await;
+    web.click("#dry-run").await;
+    let verdict = web.text("#dry-verdict").await;
+    assert!(verdict.starts_with("deliver"), "{verdict}");
+    assert!(web.text("#dry-original").await.contains("new_feed_entry"));
+    let rendered: Value = serde_json::from_str(&web.text("#dry-body").await).unwrap();
+    assert!(rendered["text"].is_string(), "a chat message: {rendered}");
+    web.screenshot("plugin-dry-run").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recv.got("/acme").len(), 1, "a dry run sends nothing");
+
+    // Active: the next delivery is what the dry run showed.
+    web.click(&format!("#activate-{}", &version[..12])).await;
+    assert!(web.text("#flash").await.contains("is active"));
+    assert!(web.text("#serving").await.contains(&version));
+    assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    let got = recv.wait_for("/acme", 2, WAIT).await;
+    assert_eq!(got[1].json()["text"], rendered["text"]);
+
+    // Not a plugin: refused, and the active version stays.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    web.fill("#plugin-file", junk.to_str().unwrap()).await;
+    web.click("#upload").await;
+    let flash = web.text("#flash").await;
+    assert!(flash.starts_with("Refused:"), "{flash}");
+    assert!(web.text("#serving").await.contains(&version));
+    web.screenshot("plugin").await;
+    web.close().await;
+}
