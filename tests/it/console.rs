@@ -61,11 +61,16 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     let (_, b) = host
         .api_client("b", &recv.url("/b"), serde_json::json!({}))
         .await;
+    // c fails every attempt, and retries only in an hour.
+    recv.set_statuses("/c", &[500]);
+    let later = serde_json::json!({ "retry_schedule": ["1h"] });
+    host.api_client("c", &recv.url("/c"), later).await;
     for n in 0..3 {
         assert_eq!(host.post(numbered(n)).await.0, 202);
     }
     recv.wait_for("/a", 3, WAIT).await;
     recv.wait_for("/b", 3, WAIT).await;
+    host.wait_state("c", 3, "retrying").await;
     let id_of = |client: &str| {
         let d = host.deliveries(client);
         d[0]["id"].as_str().unwrap().to_string()
@@ -136,9 +141,11 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     web.sign_in(OPERATOR).await;
     assert_eq!(web.path().await, "/console/overview");
     assert_eq!(web.text("#events-in").await, "3");
-    // Three events to two clients, and the one replay.
+    // Three events to two clients, and the one replay; c's three failed.
     assert_eq!(web.text("#delivered-out").await, "7");
+    assert_eq!(web.text("#failed-out").await, "3");
     assert_eq!(web.text("td[data-state=delivered]").await, "6");
+    assert_eq!(web.text("td[data-state=retrying]").await, "3");
     assert_eq!(web.text("#held").await, "0");
     assert!(web.text("#plugin-errors").await.contains("None"));
     web.screenshot("overview").await;
@@ -146,6 +153,10 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     let table = web.text("#clients").await;
     assert!(table.contains('a') && table.contains('b'), "{table}");
     assert!(table.contains("healthy"), "{table}");
+    assert!(
+        table.contains("failing since") && table.contains("(3 failed attempts in a row)"),
+        "{table}"
+    );
     web.screenshot("clients").await;
     web.open(&format!("/console/clients/b/deliveries/{b_msg}"))
         .await;
@@ -285,6 +296,18 @@ async fn a_client_uploads_dry_runs_and_activates_its_plugin_in_the_console() {
     let flash = web.text("#flash").await;
     assert!(flash.starts_with("Refused:"), "{flash}");
     assert!(web.text("#serving").await.contains(&version));
+
+    // Another version, active at once; then back to the first (rollback).
+    let other = plugin("passthrough");
+    web.fill("#plugin-file", other.to_str().unwrap()).await;
+    web.click("#upload").await;
+    assert!(web.text("#flash").await.contains("serves from the next delivery"));
+    assert!(web.text("#serving").await.contains(&hash_of(&other)));
+    web.click(&format!("#activate-{}", &version[..12])).await;
+    assert!(web.text("#serving").await.contains(&version));
+    assert_eq!(host.post(fixture(EVENT)).await.0, 202);
+    let got = recv.wait_for("/acme", 3, WAIT).await;
+    assert_eq!(got[2].json()["text"], rendered["text"], "rolled back");
     web.screenshot("plugin").await;
     web.close().await;
 }

@@ -307,6 +307,7 @@ struct ApiActivity {
     by_state: std::collections::BTreeMap<String, i64>,
     by_client: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
     last_success: std::collections::BTreeMap<String, i64>,
+    failures_in_a_row: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Deserialize)]
@@ -371,7 +372,11 @@ impl ClientInfo {
         } else if c.paused {
             (false, "paused".to_string())
         } else if let Some(t) = c.failing_since {
-            (false, format!("failing since {}", when(t)))
+            let row = activity.failures_in_a_row.get(&c.id).copied().unwrap_or(0);
+            (
+                false,
+                format!("failing since {} ({row} failed attempts in a row)", when(t)),
+            )
         } else {
             (true, "healthy".to_string())
         };

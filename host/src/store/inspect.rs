@@ -189,6 +189,9 @@ pub struct Activity {
     pub by_client: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
     /// When the window's last successful attempt (2xx) ended, per client.
     pub last_success: std::collections::BTreeMap<String, i64>,
+    /// Failed attempts since the last success in the window (or since the
+    /// window's start), per client with any.
+    pub failures_in_a_row: std::collections::BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -280,8 +283,12 @@ pub fn activity(
             r.get::<_, Option<bool>>(2)?.unwrap_or(false),
         ))
     })?;
+    let mut failures: Vec<(String, i64)> = Vec::new();
     for a in attempts {
         let (c, ended, ok) = a?;
+        if !ok {
+            failures.push((c.clone(), ended));
+        }
         if ok {
             let last = out.last_success.entry(c).or_default();
             *last = (*last).max(ended);
@@ -292,6 +299,11 @@ pub fn activity(
             } else {
                 m.failed += 1;
             }
+        }
+    }
+    for (c, ended) in failures {
+        if out.last_success.get(&c).is_none_or(|t| ended > *t) {
+            *out.failures_in_a_row.entry(c).or_default() += 1;
         }
     }
     Ok(out)
