@@ -671,14 +671,16 @@ fn parse_client(
         .try_into()
         .map_err(|e: toml::de::Error| anyhow!("{name}: {}", one_line(&e.to_string())))?;
 
+    // Not only dots either: `.` and `..` are path segments to a browser.
     if raw.id.is_empty()
+        || raw.id.chars().all(|c| c == '.')
         || !raw
             .id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         bail!(
-            "{name}: id {:?} must be non-empty and use only letters, digits, `-`, `_` and `.`",
+            "{name}: id {:?} must use only letters, digits, `-`, `_` and `.`, and not only dots",
             raw.id
         );
     }

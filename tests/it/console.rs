@@ -54,7 +54,17 @@ fn csrf_of(html: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn operators_see_everything_and_each_client_only_its_own() {
     let recv = Receiver::start().await;
-    let host = Config::new().start().await;
+    // d is the config file's, behind the operator's plugin.
+    let host = Config::new()
+        .install("passthrough")
+        .client(Client::to(&recv, "d").plugin("passthrough.wasm"))
+        .start()
+        .await;
+    let (status, tok) = host
+        .api("POST", "/v1/admin/clients/d/tokens", Some(OPERATOR), None)
+        .await;
+    assert_eq!(status, 201, "{tok}");
+    let d = tok["token"].as_str().unwrap().to_string();
     let (_, a) = host
         .api_client("a", &recv.url("/a"), serde_json::json!({}))
         .await;
@@ -70,12 +80,35 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     }
     recv.wait_for("/a", 3, WAIT).await;
     recv.wait_for("/b", 3, WAIT).await;
+    recv.wait_for("/d", 3, WAIT).await;
     host.wait_state("c", 3, "retrying").await;
+    host.wait_state("d", 3, "delivered").await;
     let id_of = |client: &str| {
         let d = host.deliveries(client);
         d[0]["id"].as_str().unwrap().to_string()
     };
-    let (a_msg, b_msg) = (id_of("a"), id_of("b"));
+    let (a_msg, b_msg, d_msg) = (id_of("a"), id_of("b"), id_of("d"));
+    // The figures the pages show are the API's, with its rules.
+    assert_eq!(
+        host.api("GET", "/v1/admin/overview", Some(&a), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        host.api("GET", "/v1/clients/b/activity", Some(&a), None)
+            .await
+            .0,
+        404
+    );
+    let (status, mine) = host
+        .api("GET", "/v1/clients/a/activity", Some(&a), None)
+        .await;
+    assert_eq!(
+        (status, &mine["by_state"]["delivered"]),
+        (200, &Value::from(3)),
+        "{mine}"
+    );
 
     // Over plain HTTP: a wrong token gets no session; a form is acted on only
     // with the session's form token and from this origin.
@@ -86,6 +119,15 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = http()
+        .post(host.url("/console/login"))
+        .header("origin", "http://evil.example")
+        .form(&[("token", a.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "another site cannot sign the browser in");
     assert!(r.headers().get("set-cookie").is_none());
     let cookie = session(&host, &a).await;
     let page = http()
@@ -135,23 +177,37 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         a_msg,
         "the same delivery again"
     );
+    // The receiver has it before the host records the attempt.
+    eventually(WAIT, "the replay's attempt is recorded")
+        .until(async || {
+            let path = format!("/v1/admin/deliveries/{a_msg}");
+            let (_, one) = host.api("GET", &path, Some(OPERATOR), None).await;
+            one["state"] == "delivered" && one["attempts"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
 
     // The operator, in a browser.
     let web = Browser::start(&host.url("")).await;
     web.sign_in(OPERATOR).await;
     assert_eq!(web.path().await, "/console/overview");
     assert_eq!(web.text("#events-in").await, "3");
-    // Three events to two clients, and the one replay; c's three failed.
-    assert_eq!(web.text("#delivered-out").await, "7");
+    // Three events to three clients, and the one replay; c's three failed.
+    assert_eq!(web.text("#delivered-out").await, "10");
     assert_eq!(web.text("#failed-out").await, "3");
-    assert_eq!(web.text("td[data-state=delivered]").await, "6");
+    assert_eq!(web.text("td[data-state=delivered]").await, "9");
     assert_eq!(web.text("td[data-state=retrying]").await, "3");
     assert_eq!(web.text("#held").await, "0");
     assert!(web.text("#plugin-errors").await.contains("None"));
     web.screenshot("overview").await;
     web.click("nav a[href='/console/clients']").await;
     let table = web.text("#clients").await;
-    assert!(table.contains('a') && table.contains('b'), "{table}");
+    for id in ["a", "b", "c", "d"] {
+        assert!(
+            web.has(&format!("#clients a[href='/console/clients/{id}']"))
+                .await,
+            "{id}"
+        );
+    }
     assert!(table.contains("healthy"), "{table}");
     assert!(
         table.contains("failing since") && table.contains("(3 failed attempts in a row)"),
@@ -229,6 +285,28 @@ async fn operators_see_everything_and_each_client_only_its_own() {
             "{path} as b"
         );
     }
+
+    // d is behind the operator's plugin: what it was sent, never the event
+    // the plugin may exist to redact; and no uploads.
+    // Signing in again (from a "not found" page: no menu) ends b's session.
+    web.sign_in(&d).await;
+    web.open(&format!("/console/clients/d/deliveries/{d_msg}"))
+        .await;
+    assert!(!web.has("#event-body").await);
+    assert!(web.html().await.contains("Not shown"));
+    assert!(web.has("#rendered-body").await);
+    web.open("/console/clients/d/plugin").await;
+    assert!(
+        !web.has("#upload").await,
+        "no uploads behind the operator's plugin"
+    );
+    web.click("#dry-run").await;
+    assert!(web.text("#dry-verdict").await.starts_with("deliver"));
+    assert!(
+        !web.has("#dry-original").await,
+        "the dry run hides the event too"
+    );
+    assert!(web.has("#dry-body").await);
     web.close().await;
 }
 
@@ -301,7 +379,11 @@ async fn a_client_uploads_dry_runs_and_activates_its_plugin_in_the_console() {
     let other = plugin("passthrough");
     web.fill("#plugin-file", other.to_str().unwrap()).await;
     web.click("#upload").await;
-    assert!(web.text("#flash").await.contains("serves from the next delivery"));
+    assert!(
+        web.text("#flash")
+            .await
+            .contains("serves from the next delivery")
+    );
     assert!(web.text("#serving").await.contains(&hash_of(&other)));
     web.click(&format!("#activate-{}", &version[..12])).await;
     assert!(web.text("#serving").await.contains(&version));

@@ -218,6 +218,20 @@ async fn login(
     headers: HeaderMap,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
+    // Signing in from another site's form would sign the browser in as
+    // whoever that site chose.
+    if !session::same_origin(&headers) {
+        return page(
+            StatusCode::FORBIDDEN,
+            LoginPage {
+                error: Some("This sign-in did not come from this console.".into()),
+            },
+        );
+    }
+    // A new sign-in ends the browser's previous session.
+    if let Some((old, _)) = c.sessions.get(&headers) {
+        c.sessions.end(&old);
+    }
     let token = form.token.trim().to_string();
     let mut bearer = HeaderMap::new();
     let caller = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -805,11 +819,12 @@ async fn replay(
             true,
             "Replayed: the delivery is due again, with the same id and bytes.",
         ),
-        _ => {
-            let error = a.error();
-            ok(a)?;
-            c.sessions.flash(&sid, false, error)
-        }
+        StatusCode::UNAUTHORIZED => return Err(Fail::Login),
+        // Refused (one still on its way, say): the page says why; the page
+        // itself is "not found" if the delivery is not this token's.
+        _ => c
+            .sessions
+            .flash(&sid, false, format!("Not replayed: {}", a.error())),
     }
     Ok(Redirect::to(&format!("/console{}", path.trim_start_matches("/v1"))).into_response())
 }

@@ -140,21 +140,28 @@ pub fn set_cookie(id: Option<&str>, headers: &HeaderMap) -> HeaderValue {
 /// Whether a form post may be acted on: it carries the session's form token,
 /// and no `Origin` other than this host's.
 pub fn form_allowed(session: &Session, given: &str, headers: &HeaderMap) -> bool {
-    let origin_ok = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(origin) => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let bare = origin
-                .strip_prefix("http://")
-                .or_else(|| origin.strip_prefix("https://"))
-                .unwrap_or("");
-            !host.is_empty() && bare == host
-        }
+    same_origin(headers) && constant_time_eq(session.csrf.as_bytes(), given.as_bytes())
+}
+
+/// Whether the request's `Origin`, if it has one, is this host: the one in
+/// `Host`, or the one a proxy that rewrote `Host` names in
+/// `X-Forwarded-Host` (a cross-site form cannot set either).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
     };
-    origin_ok && constant_time_eq(session.csrf.as_bytes(), given.as_bytes())
+    let bare = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .any(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|host| !host.is_empty() && bare == host)
+        })
 }
 
 #[cfg(test)]
@@ -183,6 +190,12 @@ mod tests {
         assert!(form_allowed(&s, &s.csrf, &here));
         assert!(form_allowed(&s, &s.csrf, &headers(&[("host", "h")])));
         assert!(!form_allowed(&s, "forged", &here));
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "hooks.example.org"),
+            ("origin", "https://hooks.example.org"),
+        ]);
+        assert!(form_allowed(&s, &s.csrf, &proxied));
         let elsewhere = headers(&[
             ("host", "127.0.0.1:8080"),
             ("origin", "http://evil.example"),

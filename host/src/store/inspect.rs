@@ -210,7 +210,8 @@ pub struct Minute {
 ///
 /// Events and deliveries are found by their ids, which are ULIDs and so start
 /// with their time: the window is a range of the id indexes, however long the
-/// history. Attempts are those of the window's deliveries (a retry of an older
+/// history (`INDEXED BY`: left to itself, SQLite walks a client's whole
+/// history in `deliveries_client` to save a sort). Attempts are those of the window's deliveries (a retry of an older
 /// delivery is not counted).
 pub fn activity(
     conn: &Connection,
@@ -238,7 +239,11 @@ pub fn activity(
             .collect(),
         ..Default::default()
     };
-    let slot = |at: i64| usize::try_from((at - since) / MINUTE).ok();
+    let slot = |at: i64| {
+        (at >= since)
+            .then(|| usize::try_from((at - since) / MINUTE).ok())
+            .flatten()
+    };
     // Received events, or for one client the deliveries made for it.
     let arrivals = match client {
         None => conn
@@ -246,7 +251,9 @@ pub fn activity(
             .query_map([floor("evt_")], |r| r.get::<_, i64>(0))?
             .collect::<rusqlite::Result<Vec<i64>>>()?,
         Some(c) => conn
-            .prepare_cached("SELECT created_at FROM deliveries WHERE id >= ?1 AND client_id = ?2")?
+            .prepare_cached(
+                "SELECT created_at FROM deliveries INDEXED BY deliveries_id WHERE id >= ?1 AND client_id = ?2",
+            )?
             .query_map(params![floor("msg_"), c], |r| r.get::<_, i64>(0))?
             .collect::<rusqlite::Result<Vec<i64>>>()?,
     };
@@ -256,7 +263,8 @@ pub fn activity(
         }
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT client_id, state, COUNT(*) FROM deliveries WHERE id >= ?1 AND (?2 IS NULL OR client_id = ?2) \
+        "SELECT client_id, state, COUNT(*) FROM deliveries INDEXED BY deliveries_id \
+         WHERE id >= ?1 AND (?2 IS NULL OR client_id = ?2) \
          GROUP BY client_id, state",
     )?;
     let counts = stmt.query_map(params![floor("msg_"), client], |r| {
@@ -273,7 +281,7 @@ pub fn activity(
     }
     let mut stmt = conn.prepare_cached(
         "SELECT d.client_id, a.started_at + a.duration_ms, a.status BETWEEN 200 AND 299 \
-         FROM deliveries d JOIN attempts a ON a.delivery_seq = d.seq \
+         FROM deliveries d INDEXED BY deliveries_id JOIN attempts a ON a.delivery_seq = d.seq \
          WHERE d.id >= ?1 AND (?2 IS NULL OR d.client_id = ?2)",
     )?;
     let attempts = stmt.query_map(params![floor("msg_"), client], |r| {
