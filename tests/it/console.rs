@@ -18,7 +18,7 @@ fn http() -> reqwest::Client {
 /// Signs in over plain HTTP: the session cookie (`name=value`).
 async fn session(host: &Host, token: &str) -> String {
     let r = http()
-        .post(host.url("/console/login"))
+        .post(host.url("/ui/login"))
         .form(&[("token", token)])
         .send()
         .await
@@ -31,7 +31,7 @@ async fn session(host: &Host, token: &str) -> String {
         .to_str()
         .unwrap()
         .to_string();
-    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(flag), "{flag} in {cookie}");
     }
     cookie.split(';').next().unwrap().to_string()
@@ -113,7 +113,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     // Over plain HTTP: a wrong token gets no session; a form is acted on only
     // with the session's form token and from this origin.
     let r = http()
-        .post(host.url("/console/login"))
+        .post(host.url("/ui/login"))
         .form(&[("token", "hwk_not-a-token")])
         .send()
         .await
@@ -121,7 +121,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("set-cookie").is_none());
     let r = http()
-        .post(host.url("/console/login"))
+        .post(host.url("/ui/login"))
         .header("origin", "http://evil.example")
         .form(&[("token", a.as_str())])
         .send()
@@ -131,7 +131,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     assert!(r.headers().get("set-cookie").is_none());
     let cookie = session(&host, &a).await;
     let page = http()
-        .get(host.url(&format!("/console/clients/a/deliveries/{a_msg}")))
+        .get(host.url(&format!("/ui/clients/a/deliveries/{a_msg}")))
         .header("cookie", &cookie)
         .send()
         .await
@@ -143,7 +143,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         .to_string();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let csrf = csrf_of(&page.text().await.unwrap());
-    let replay = host.url(&format!("/console/clients/a/deliveries/{a_msg}/replay"));
+    let replay = host.url(&format!("/ui/clients/a/deliveries/{a_msg}/replay"));
     let forged = http()
         .post(&replay)
         .header("cookie", &cookie)
@@ -189,7 +189,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     // The operator, in a browser.
     let web = Browser::start(&host.url("")).await;
     web.sign_in(OPERATOR).await;
-    assert_eq!(web.path().await, "/console/overview");
+    assert_eq!(web.path().await, "/ui/overview");
     assert_eq!(web.text("#events-in").await, "3");
     // Three events to three clients, and the one replay; c's three failed.
     assert_eq!(web.text("#delivered-out").await, "10");
@@ -199,11 +199,11 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     assert_eq!(web.text("#held").await, "0");
     assert!(web.text("#plugin-errors").await.contains("None"));
     web.screenshot("overview").await;
-    web.click("nav a[href='/console/clients']").await;
+    web.click("nav a[href='/ui/clients']").await;
     let table = web.text("#clients").await;
     for id in ["a", "b", "c", "d"] {
         assert!(
-            web.has(&format!("#clients a[href='/console/clients/{id}']"))
+            web.has(&format!("#clients a[href='/ui/clients/{id}']"))
                 .await,
             "{id}"
         );
@@ -214,8 +214,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         "{table}"
     );
     web.screenshot("clients").await;
-    web.open(&format!("/console/clients/b/deliveries/{b_msg}"))
-        .await;
+    web.open(&format!("/ui/clients/b/deliveries/{b_msg}")).await;
     assert!(web.text("#attempts").await.contains("HTTP 200"));
     assert!(web.text("#event-body").await.contains("new_feed_entry"));
     assert!(web.text("#rendered-body").await.contains("new_feed_entry"));
@@ -223,15 +222,11 @@ async fn operators_see_everything_and_each_client_only_its_own() {
 
     // Client a, in the same browser after signing out.
     web.click(".signout button").await;
-    assert_eq!(web.path().await, "/console/login");
-    web.open("/console/overview").await;
-    assert_eq!(
-        web.path().await,
-        "/console/login",
-        "signed out is signed out"
-    );
+    assert_eq!(web.path().await, "/ui/login");
+    web.open("/ui/overview").await;
+    assert_eq!(web.path().await, "/ui/login", "signed out is signed out");
     web.sign_in(&a).await;
-    assert_eq!(web.path().await, "/console/clients/a");
+    assert_eq!(web.path().await, "/ui/clients/a");
     assert!(web.text("#deliveries").await.contains(&a_msg));
     web.select("#f-state", "delivered").await;
     web.click(".filters button").await;
@@ -240,24 +235,24 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     web.select("#f-state", "failed").await;
     web.click(".filters button").await;
     assert!(web.has("#no-deliveries").await, "no failed deliveries");
-    web.open("/console/clients/a").await;
+    web.open("/ui/clients/a").await;
     web.screenshot("client").await;
 
     // What a does not own looks like what does not exist.
-    web.open("/console/clients/nobody").await;
+    web.open("/ui/clients/nobody").await;
     let missing = (web.text("h1").await, web.text("#why").await);
     assert_eq!(missing.0, "Not found");
     for path in [
-        "/console/clients/b".to_string(),
-        "/console/clients/b/plugin".to_string(),
-        format!("/console/clients/b/deliveries/{b_msg}"),
-        "/console/overview".to_string(),
-        "/console/clients".to_string(),
+        "/ui/clients/b".to_string(),
+        "/ui/clients/b/plugin".to_string(),
+        format!("/ui/clients/b/deliveries/{b_msg}"),
+        "/ui/overview".to_string(),
+        "/ui/clients".to_string(),
     ] {
         web.open(&path).await;
-        if path == "/console/clients" {
+        if path == "/ui/clients" {
             // The list is the operator's: a client is taken to its own page.
-            assert_eq!(web.path().await, "/console/clients/a");
+            assert_eq!(web.path().await, "/ui/clients/a");
             continue;
         }
         assert_eq!(
@@ -273,10 +268,10 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     }
     web.click(".signout button").await;
     web.sign_in(&b).await;
-    assert_eq!(web.path().await, "/console/clients/b");
+    assert_eq!(web.path().await, "/ui/clients/b");
     for path in [
-        format!("/console/clients/a/deliveries/{a_msg}"),
-        "/console/clients/a/plugin".to_string(),
+        format!("/ui/clients/a/deliveries/{a_msg}"),
+        "/ui/clients/a/plugin".to_string(),
     ] {
         web.open(&path).await;
         assert_eq!(
@@ -290,12 +285,11 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     // the plugin may exist to redact; and no uploads.
     // Signing in again (from a "not found" page: no menu) ends b's session.
     web.sign_in(&d).await;
-    web.open(&format!("/console/clients/d/deliveries/{d_msg}"))
-        .await;
+    web.open(&format!("/ui/clients/d/deliveries/{d_msg}")).await;
     assert!(!web.has("#event-body").await);
     assert!(web.html().await.contains("Not shown"));
     assert!(web.has("#rendered-body").await);
-    web.open("/console/clients/d/plugin").await;
+    web.open("/ui/clients/d/plugin").await;
     assert!(
         !web.has("#upload").await,
         "no uploads behind the operator's plugin"
@@ -326,9 +320,9 @@ async fn a_client_uploads_dry_runs_and_activates_its_plugin_in_the_console() {
 
     let web = Browser::start(&host.url("")).await;
     web.sign_in(&token).await;
-    assert_eq!(web.path().await, "/console/clients/acme");
+    assert_eq!(web.path().await, "/ui/clients/acme");
     web.click("#plugin a").await;
-    assert_eq!(web.path().await, "/console/clients/acme/plugin");
+    assert_eq!(web.path().await, "/ui/clients/acme/plugin");
     assert!(web.text("#serving").await.contains("no plugin"));
 
     // Upload, not active.

@@ -1,5 +1,5 @@
 //! The web console: HTML pages for operators and clients, served by the host
-//! itself under `/console` — templates compiled into the binary, one
+//! itself under `/ui` — templates compiled into the binary, one
 //! stylesheet, no script, nothing fetched at run time.
 //!
 //! The console is a client of the HTTP API, in the same process: every page is

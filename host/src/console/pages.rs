@@ -24,23 +24,20 @@ type St = State<Arc<Console>>;
 
 pub fn routes(max_upload: usize) -> Router<Arc<Console>> {
     Router::new()
-        .route("/console", get(home))
-        .route("/console/", get(home))
-        .route("/console/console.css", get(css))
-        .route("/console/login", get(login_page).post(login))
-        .route("/console/logout", post(logout))
-        .route("/console/overview", get(overview))
-        .route("/console/clients", get(clients))
-        .route("/console/clients/{id}", get(client))
-        .route("/console/clients/{id}/deliveries/{did}", get(delivery))
-        .route(
-            "/console/clients/{id}/deliveries/{did}/replay",
-            post(replay),
-        )
-        .route("/console/clients/{id}/plugin", get(plugin).post(upload))
-        .route("/console/clients/{id}/plugin/activate", post(activate))
-        .route("/console/clients/{id}/plugin/dry-run", post(dry_run))
-        .route("/console/{*rest}", get(|| async { Fail::NotFound }))
+        .route("/ui", get(home))
+        .route("/ui/", get(home))
+        .route("/ui/console.css", get(css))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/overview", get(overview))
+        .route("/ui/clients", get(clients))
+        .route("/ui/clients/{id}", get(client))
+        .route("/ui/clients/{id}/deliveries/{did}", get(delivery))
+        .route("/ui/clients/{id}/deliveries/{did}/replay", post(replay))
+        .route("/ui/clients/{id}/plugin", get(plugin).post(upload))
+        .route("/ui/clients/{id}/plugin/activate", post(activate))
+        .route("/ui/clients/{id}/plugin/dry-run", post(dry_run))
+        .route("/ui/{*rest}", get(|| async { Fail::NotFound }))
         // An upload's form: the plugin and a few fields.
         .layer(DefaultBodyLimit::max(max_upload + 64 * 1024))
         .layer(axum::middleware::map_response(page_headers))
@@ -90,7 +87,7 @@ enum Fail {
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
         match self {
-            Fail::Login => Redirect::to("/console/login").into_response(),
+            Fail::Login => Redirect::to("/ui/login").into_response(),
             Fail::NotFound => page(
                 StatusCode::NOT_FOUND,
                 ErrorPage {
@@ -195,12 +192,12 @@ struct LoginPage {
 async fn home(State(c): St, headers: HeaderMap) -> Response {
     match c.sessions.get(&headers) {
         Some((_, s)) => match s.caller {
-            Caller::Operator => Redirect::to("/console/overview").into_response(),
+            Caller::Operator => Redirect::to("/ui/overview").into_response(),
             Caller::Client(id) => {
-                Redirect::to(&format!("/console/clients/{}", seg(&id))).into_response()
+                Redirect::to(&format!("/ui/clients/{}", seg(&id))).into_response()
             }
         },
-        None => Redirect::to("/console/login").into_response(),
+        None => Redirect::to("/ui/login").into_response(),
     }
 }
 
@@ -254,7 +251,7 @@ async fn login(
     let id = c.sessions.start(token, caller);
     (
         [(header::SET_COOKIE, session::set_cookie(Some(&id), &headers))],
-        Redirect::to("/console"),
+        Redirect::to("/ui/"),
     )
         .into_response()
 }
@@ -274,7 +271,7 @@ async fn logout(
     c.sessions.end(&id);
     Ok((
         [(header::SET_COOKIE, session::set_cookie(None, &headers))],
-        Redirect::to("/console/login"),
+        Redirect::to("/ui/login"),
     )
         .into_response())
 }
@@ -421,7 +418,7 @@ impl ClientInfo {
         };
         ClientInfo {
             id: c.id.clone(),
-            link: format!("/console/clients/{}", seg(&c.id)),
+            link: format!("/ui/clients/{}", seg(&c.id)),
             origin: c.origin.clone(),
             url: c.settings["url"].as_str().unwrap_or("").to_string(),
             healthy,
@@ -459,7 +456,7 @@ impl DeliveryLine {
         let last = d.attempts.last().map(outcome).unwrap_or_default();
         DeliveryLine {
             id: d.id.clone(),
-            link: format!("/console/clients/{}/deliveries/{}", seg(client), seg(&d.id)),
+            link: format!("/ui/clients/{}/deliveries/{}", seg(client), seg(&d.id)),
             event: d.event.clone(),
             event_id: d.event_id.clone(),
             state: d.state.clone(),
@@ -573,7 +570,7 @@ struct ClientsPage {
 async fn clients(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
     let (_, s) = signed_in(&c, &headers)?;
     if let Caller::Client(id) = &s.caller {
-        return Ok(Redirect::to(&format!("/console/clients/{}", seg(id))).into_response());
+        return Ok(Redirect::to(&format!("/ui/clients/{}", seg(id))).into_response());
     }
     let list = ok(c
         .call(&s.token, Method::GET, "/v1/admin/clients", None)
@@ -671,13 +668,9 @@ async fn client(
     let (deliveries, older, error) = match page_of {
         Ok(v) => {
             let list: Vec<ApiDelivery> = view(v["deliveries"].clone())?;
-            let older = v["next_cursor"].as_str().map(|cur| {
-                format!(
-                    "/console/clients/{}?{}",
-                    seg(&id),
-                    query(Some(("cursor", cur)))
-                )
-            });
+            let older = v["next_cursor"]
+                .as_str()
+                .map(|cur| format!("/ui/clients/{}?{}", seg(&id), query(Some(("cursor", cur)))));
             (
                 list.iter().map(|d| DeliveryLine::of(&id, d)).collect(),
                 older,
@@ -700,14 +693,14 @@ async fn client(
         ClientPage {
             nav,
             client: ClientInfo::of(&info, &activity),
-            plugin_link: format!("/console/clients/{}/plugin", seg(&id)),
+            plugin_link: format!("/ui/clients/{}/plugin", seg(&id)),
             deliveries,
             states: STATES.iter().map(|st| (*st, *st == state)).collect(),
             event: get("event"),
             since: get("since"),
             until: get("until"),
             newest: (!get("cursor").is_empty())
-                .then(|| format!("/console/clients/{}?{}", seg(&id), query(None))),
+                .then(|| format!("/ui/clients/{}?{}", seg(&id), query(None))),
             older,
             by_state: activity.by_state.into_iter().collect(),
         },
@@ -759,7 +752,7 @@ async fn delivery(
         StatusCode::OK,
         DeliveryPage {
             nav: Nav::of(&s),
-            client_link: format!("/console/clients/{}", seg(&id)),
+            client_link: format!("/ui/clients/{}", seg(&id)),
             line: DeliveryLine::of(&id, &d),
             reason: d.reason.clone(),
             plugin: d.plugin.clone().unwrap_or_else(|| "none".into()),
@@ -783,11 +776,7 @@ async fn delivery(
                     response: a.response.clone().unwrap_or_default(),
                 })
                 .collect(),
-            replay: format!(
-                "/console/clients/{}/deliveries/{}/replay",
-                seg(&id),
-                seg(&did)
-            ),
+            replay: format!("/ui/clients/{}/deliveries/{}/replay", seg(&id), seg(&did)),
             client_id: id,
         },
     ))
@@ -826,7 +815,7 @@ async fn replay(
             .sessions
             .flash(&sid, false, format!("Not replayed: {}", a.error())),
     }
-    Ok(Redirect::to(&format!("/console{}", path.trim_start_matches("/v1"))).into_response())
+    Ok(Redirect::to(&format!("/ui{}", path.trim_start_matches("/v1"))).into_response())
 }
 
 // ---- a client's plugin ----
@@ -933,8 +922,8 @@ async fn plugin_page(
         StatusCode::OK,
         PluginPage {
             nav: Nav::of(s),
-            client_link: format!("/console/clients/{}", seg(id)),
-            action: format!("/console/clients/{}/plugin", seg(id)),
+            client_link: format!("/ui/clients/{}", seg(id)),
+            action: format!("/ui/clients/{}/plugin", seg(id)),
             serving,
             operator_plugin: info.plugin.source == "file",
             versions: versions
@@ -982,7 +971,7 @@ async fn upload(
     }
     checked(&s, &csrf, &headers)?;
     let file: Bytes = file.filter(|f| !f.is_empty()).unwrap_or_default();
-    let back = Redirect::to(&format!("/console/clients/{}/plugin", seg(&id))).into_response();
+    let back = Redirect::to(&format!("/ui/clients/{}/plugin", seg(&id))).into_response();
     if file.is_empty() {
         c.sessions
             .flash(&sid, false, "Choose a .wasm file to upload.");
@@ -1071,7 +1060,7 @@ async fn activate(
         c.sessions
             .flash(&sid, false, format!("Not activated: {}", a.error()));
     }
-    Ok(Redirect::to(&format!("/console/clients/{}/plugin", seg(&id))).into_response())
+    Ok(Redirect::to(&format!("/ui/clients/{}/plugin", seg(&id))).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -1,6 +1,6 @@
 //! Signing in: a token (an operator's or a client's) is checked once, and the
 //! browser gets a session cookie — `HttpOnly` (no script reads it),
-//! `SameSite=Strict` (no other site's page sends it), limited to `/console`.
+//! `SameSite=Strict` (no other site's page sends it), limited to `/ui`.
 //! The token stays on the server, in memory, so the cookie is worth nothing
 //! once the session ends, and a revoked token ends its sessions at their next
 //! request (the API answers 401). Sessions do not survive a restart: one signs
@@ -131,7 +131,7 @@ pub fn set_cookie(id: Option<&str>, headers: &HeaderMap) -> HeaderValue {
         None => ("", 0),
     };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={age}{}",
+        "{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={age}{}",
         if secure { "; Secure" } else { "" }
     ))
     .expect("cookie of base64url characters")

@@ -144,7 +144,7 @@ impl Browser {
 
     /// Signs in with `token` on the sign-in page.
     pub async fn sign_in(&self, token: &str) {
-        self.open("/console/login").await;
+        self.open("/ui/login").await;
         self.fill("#token", token).await;
         self.click("#sign-in").await;
     }
