@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::config::{Client, Config, Secret};
 use crate::model::now_ms;
 use crate::plugin::registry::Source;
-use crate::store::{Store, StoreError, rows};
+use crate::store::{Store, StoreError};
 
 /// Where a client is declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -230,16 +230,11 @@ impl Directory {
     }
 
     async fn reload_locked(&self) -> Result<(), StoreError> {
-        let (clients, secrets, uploads) = self
-            .store
-            .read(|c| {
-                Ok((
-                    rows::api_clients(c)?,
-                    rows::secrets(c)?,
-                    rows::active_uploads(c)?,
-                ))
-            })
-            .await?;
+        let crate::store::ApiState {
+            clients,
+            secrets,
+            active_uploads: uploads,
+        } = self.store.api_state().await?;
         let upload_of = |id: &str| {
             uploads
                 .iter()
@@ -334,16 +329,9 @@ impl Directory {
             return Err(DirError::ManagedByFile(id));
         }
         let text = Value::Object(spec).to_string();
-        let (sid, sec) = (id.clone(), secret.clone());
         let created = self
             .store
-            .write(move |c| {
-                let created = rows::put_api_client(c, &sid, &text, true)?;
-                if created {
-                    rows::add_secret(c, &sid, &sec, now_ms())?;
-                }
-                Ok(created)
-            })
+            .create_api_client(&id, text, secret.clone())
             .await?;
         if !created {
             return Err(DirError::Exists(id));
@@ -391,12 +379,7 @@ impl Directory {
             .client_from_json(&spec)
             .map_err(|e| DirError::Invalid(format!("{e:#}")))?;
         let text = Value::Object(spec).to_string();
-        let sid = id.to_string();
-        if !self
-            .store
-            .write(move |c| rows::put_api_client(c, &sid, &text, false))
-            .await?
-        {
+        if !self.store.update_api_client(id, text).await? {
             return Err(DirError::NotFound(id.into()));
         }
         self.reload_locked().await?;
@@ -412,12 +395,7 @@ impl Directory {
     pub async fn delete(&self, id: &str) -> Result<(), DirError> {
         let _one = self.changing.lock().await;
         self.api_entry(id)?;
-        let sid = id.to_string();
-        if !self
-            .store
-            .write(move |c| rows::delete_api_client(c, &sid))
-            .await?
-        {
+        if !self.store.delete_api_client(id).await? {
             return Err(DirError::NotFound(id.into()));
         }
         self.reload_locked().await?;
@@ -434,22 +412,15 @@ impl Directory {
         let _one = self.changing.lock().await;
         self.api_entry(id)?;
         let secret = Secret::generate();
-        let (sid, sec) = (id.to_string(), secret.clone());
         let until = now_ms() + overlap.as_millis() as i64;
-        self.store
-            .write(move |c| rows::add_secret(c, &sid, &sec, until))
-            .await?;
+        self.store.add_secret(id, secret.clone(), until).await?;
         self.reload_locked().await?;
         Ok(secret)
     }
 
     /// Fails a deleted client's unfinished deliveries; how many.
     pub async fn fail_unfinished(&self, id: &str) -> Result<usize, DirError> {
-        let sid = id.to_string();
-        Ok(self
-            .store
-            .write(move |c| rows::fail_unfinished(c, &sid))
-            .await?)
+        Ok(self.store.fail_unfinished(id).await?)
     }
 
     /// Whether the client's own uploads may serve it: not when the operator
@@ -466,10 +437,7 @@ impl Directory {
     pub async fn set_upload(&self, id: &str, version: Option<String>) -> Result<(), DirError> {
         let _one = self.changing.lock().await;
         self.uploads_allowed(id)?;
-        let sid = id.to_string();
-        self.store
-            .write(move |c| rows::set_active_upload(c, &sid, version.as_deref()))
-            .await?;
+        self.store.set_active_upload(id, version).await?;
         self.reload_locked().await?;
         Ok(())
     }

@@ -150,9 +150,8 @@ async fn load_active_uploads(
         let plugin::registry::Source::Upload(version) = &entry.plugin else {
             continue;
         };
-        let (client, v) = (entry.client.id.clone(), version.clone());
         let bytes = store
-            .read(move |c| store::rows::upload_bytes(c, &client, &v))
+            .upload_bytes(&entry.client.id, version)
             .await
             .context("cannot read the uploaded plugins from the store")?;
         match bytes {

@@ -259,7 +259,7 @@ pub(super) async fn deliveries_page(
         })?);
     }
     let limit = f.limit;
-    let rows = st.store.read(move |c| inspect::list(c, &f)).await?;
+    let rows = st.store.deliveries(f).await?;
     let next = (rows.len() == limit)
         .then(|| rows.last().map(|d| d.seq.to_string()))
         .flatten();
@@ -276,14 +276,7 @@ pub(super) async fn delivery(
     client: Option<&str>,
     hide_event: bool,
 ) -> ApiResult {
-    let client = client.map(str::to_string);
-    let found = st
-        .store
-        .read({
-            let id = id.clone();
-            move |c| inspect::one(c, &id, client.as_deref())
-        })
-        .await?;
+    let found = st.store.delivery(&id, client).await?;
     let Some((row, detail)) = found else {
         return Err(ApiError::not_found(format!("no delivery {id:?}")));
     };
@@ -306,18 +299,7 @@ pub(super) async fn replay(
     since: Option<i64>,
     state: Option<String>,
 ) -> ApiResult<usize> {
-    let seqs = st
-        .store
-        .read(move |c| {
-            inspect::select(
-                c,
-                delivery.as_deref(),
-                client.as_deref(),
-                since,
-                state.as_deref(),
-            )
-        })
-        .await?;
+    let seqs = st.store.select(delivery, client, since, state).await?;
     if seqs.is_empty() {
         return Ok(0);
     }

@@ -43,7 +43,7 @@ impl Auth {
     /// The client tokens of the store (the operators' are the config's, read
     /// at each call: a reload of the file changes them).
     pub async fn load(store: Store) -> Result<Auth, StoreError> {
-        let tokens = store.read(rows::tokens).await?;
+        let tokens = store.tokens().await?;
         Ok(Auth {
             tokens: RwLock::new(tokens.into_iter().map(|t| (t.hash.clone(), t)).collect()),
             store,
@@ -101,10 +101,7 @@ impl Auth {
             label,
             created_at: now_ms(),
         };
-        let stored = row.clone();
-        self.store
-            .write(move |c| rows::add_token(c, &stored))
-            .await?;
+        self.store.add_token(row.clone()).await?;
         self.tokens
             .write()
             .unwrap()
@@ -128,11 +125,7 @@ impl Auth {
 
     /// Revokes one of `client`'s tokens; whether it existed.
     pub async fn revoke(&self, client: &str, token_id: &str) -> Result<bool, StoreError> {
-        let (c, t) = (client.to_string(), token_id.to_string());
-        let found = self
-            .store
-            .write(move |conn| rows::delete_token(conn, &c, &t))
-            .await?;
+        let found = self.store.delete_token(client, token_id).await?;
         self.tokens
             .write()
             .unwrap()

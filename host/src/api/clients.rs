@@ -176,10 +176,7 @@ async fn list_own(
     responses((status = 200, description = "the client's last hour: deliveries made and attempts per minute, deliveries by state, the last success", body = crate::store::inspect::Activity), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody)))]
 async fn activity(access: ClientAccess, State(st): State<Arc<Api>>) -> ApiResult {
     let (id, now) = (access.id().to_string(), crate::model::now_ms());
-    let activity = st
-        .store
-        .read(move |c| crate::store::inspect::activity(c, now, 60, Some(&id)))
-        .await?;
+    let activity = st.store.activity(now, 60, Some(&id)).await?;
     Ok(Json(activity).into_response())
 }
 

@@ -28,7 +28,6 @@ use crate::event::Event;
 use crate::model::{new_delivery_id, new_event_id, now_ms};
 use crate::plugin::registry::{Lookup, Source};
 use crate::plugin::{CallContext, Plugin, Verdict};
-use crate::store::rows;
 
 pub(super) fn routes() -> OpenApiRouter<Arc<Api>> {
     OpenApiRouter::new()
@@ -82,12 +81,7 @@ async fn upload(
         plugin.hash.clone(),
         plugin.world.as_str().to_string(),
     );
-    st.store
-        .write({
-            let (id, version) = (id.clone(), version.clone());
-            move |c| rows::put_upload(c, &id, &version, &bytes, &world)
-        })
-        .await?;
+    st.store.put_upload(&id, &version, bytes, &world).await?;
     if activate {
         st.directory.set_upload(&id, Some(version.clone())).await?;
         super::in_force(&st).await;
@@ -111,7 +105,7 @@ async fn upload(
     responses((status = 200, description = "what serves, and every version uploaded", body = Versions), (status = 404, description = "no such client, or another client's", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody)))]
 async fn versions(access: ClientAccess, State(st): State<Arc<Api>>) -> ApiResult {
     let id = access.id().to_string();
-    let uploads = st.store.read(move |c| rows::uploads(c, &id)).await?;
+    let uploads = st.store.uploads(&id).await?;
     let active = match &access.entry.plugin {
         Source::Upload(v) => Some(v.clone()),
         _ => None,
@@ -177,10 +171,9 @@ fn trim(st: &Api) {
 /// The compiled version `version` of `client`'s uploads: 404 if it uploaded no
 /// such version, 422 if it does not load here.
 async fn uploaded(st: &Api, client: &str, version: &str) -> ApiResult<Arc<Plugin>> {
-    let (c, v) = (client.to_string(), version.to_string());
     let bytes = st
         .store
-        .read(move |conn| rows::upload_bytes(conn, &c, &v))
+        .upload_bytes(client, version)
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!("client {client:?} uploaded no version {version:?}"))
@@ -296,10 +289,9 @@ async fn dry_run(
             })?
         }
         (None, Some(id)) => {
-            let (c, e) = (client.id.clone(), id.clone());
             let (eid, body, received_at) = st
                 .store
-                .read(move |conn| rows::event_of_client(conn, &c, &e))
+                .event_of_client(&client.id, id)
                 .await?
                 .ok_or_else(|| {
                     ApiError::not_found(format!("no event {id:?} among this client's deliveries"))

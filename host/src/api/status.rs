@@ -42,11 +42,8 @@ pub(super) async fn status(State(st): State<Arc<Api>>, headers: HeaderMap) -> Ap
         (status = 403, description = "a client token", body = ErrorBody)))]
 pub(super) async fn overview(_: Operator, State(st): State<Arc<Api>>) -> ApiResult {
     let now = crate::model::now_ms();
-    let activity = st
-        .store
-        .read(move |c| crate::store::inspect::activity(c, now, 60, None))
-        .await?;
-    let (depth, oldest) = st.store.read(crate::store::rows::queue_depth).await?;
+    let activity = st.store.activity(now, 60, None).await?;
+    let (depth, oldest) = st.store.queue_depth().await?;
     let queue: serde_json::Map<String, serde_json::Value> =
         depth.into_iter().map(|(k, n)| (k, n.into())).collect();
     let broken: Vec<_> = st
@@ -89,7 +86,7 @@ pub(super) async fn metrics(State(st): State<Arc<Api>>, headers: HeaderMap) -> A
         due
     };
     if due {
-        match st.store.read(crate::store::rows::queue_depth).await {
+        match st.store.queue_depth().await {
             Ok((depth, oldest)) => {
                 let age = oldest.map_or(0, |t| (crate::model::now_ms() - t).max(0));
                 crate::metrics::queue_depth(&depth, Duration::from_millis(age as u64));
@@ -110,13 +107,7 @@ pub(super) async fn metrics(State(st): State<Arc<Api>>, headers: HeaderMap) -> A
 pub(super) async fn ready(State(st): State<Arc<Api>>) -> Response {
     // A write through the store's one writer: it must be alive and the file
     // writable, not merely open.
-    let probe = st.store.write(|c| {
-        c.execute(
-            "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = ?1",
-            [crate::model::now_ms()],
-        )
-        .map(|_| ())
-    });
+    let probe = st.store.probe();
     let store = match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

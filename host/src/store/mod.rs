@@ -24,11 +24,13 @@
 //! implementation reads through the loaders here. It knows nothing of plugins or
 //! HTTP either.
 
+mod access;
 pub mod inspect;
 pub mod retention;
 pub mod rows;
 mod schema;
 
+pub use access::ApiState;
 pub use schema::Ingested;
 
 use std::sync::{Arc, Mutex, mpsc};
@@ -177,8 +179,8 @@ impl Store {
     }
 
     /// Runs `write` in the writer's next transaction; returns its result once
-    /// committed. For the few writes outside the event path (see [`rows`]).
-    pub async fn write<T: Send + 'static>(
+    /// committed. For the few writes outside the event path (see [`access`]).
+    async fn write<T: Send + 'static>(
         &self,
         write: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -192,7 +194,7 @@ impl Store {
     }
 
     /// Runs `read` on a connection of its own, on the blocking pool.
-    pub async fn read<T: Send + 'static>(
+    async fn read<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
