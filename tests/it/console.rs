@@ -302,6 +302,30 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     );
     assert!(web.has("#dry-body").await);
     web.close().await;
+
+    // A revoked token ends its sessions at their next request.
+    let url = host.url("/ui/clients/a");
+    let page = |cookie: String| {
+        let url = url.clone();
+        async move {
+            http()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(page(cookie.clone()).await.status(), 200);
+    let (_, list) = host
+        .api("GET", "/v1/admin/clients/a/tokens", Some(OPERATOR), None)
+        .await;
+    let token_id = list["tokens"][0]["token_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/admin/clients/a/tokens/{token_id}");
+    assert_eq!(host.api("DELETE", &path, Some(OPERATOR), None).await.0, 204);
+    let gone = page(cookie).await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(gone.headers()["location"], "/ui/login");
 }
 
 /// A client makes its own payload in the browser: it uploads a plugin without
