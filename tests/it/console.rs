@@ -214,6 +214,12 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         "{table}"
     );
     web.screenshot("clients").await;
+    web.click("nav a[href='/ui/plugins']").await;
+    let plugins = web.text("#plugins").await;
+    assert!(
+        plugins.contains("file passthrough.wasm") && plugins.contains("3 calls"),
+        "{plugins}"
+    );
     web.open(&format!("/ui/clients/b/deliveries/{b_msg}")).await;
     assert!(web.text("#attempts").await.contains("HTTP 200"));
     assert!(web.text("#event-body").await.contains("new_feed_entry"));
@@ -247,6 +253,7 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         "/ui/clients/b/plugin".to_string(),
         format!("/ui/clients/b/deliveries/{b_msg}"),
         "/ui/overview".to_string(),
+        "/ui/plugins".to_string(),
         "/ui/clients".to_string(),
     ] {
         web.open(&path).await;

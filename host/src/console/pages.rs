@@ -31,6 +31,7 @@ pub fn routes(max_upload: usize) -> Router<Arc<Console>> {
         .route("/ui/logout", post(logout))
         .route("/ui/overview", get(overview))
         .route("/ui/clients", get(clients))
+        .route("/ui/plugins", get(plugins))
         .route("/ui/clients/{id}", get(client))
         .route("/ui/clients/{id}/deliveries/{did}", get(delivery))
         .route("/ui/clients/{id}/deliveries/{did}/replay", post(replay))
@@ -585,6 +586,81 @@ async fn clients(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
         ClientsPage {
             nav: Nav::of(&s),
             clients: list.iter().map(|x| ClientInfo::of(x, &activity)).collect(),
+        },
+    ))
+}
+
+#[derive(Template)]
+#[template(path = "console/plugins.html")]
+struct PluginsPage {
+    nav: Nav,
+    plugins: Vec<PluginLine>,
+}
+
+/// A plugin the host has compiled: a file of the folder or an upload.
+pub struct PluginLine {
+    pub kind: &'static str,
+    pub name: String,
+    pub world: String,
+    pub serving: String,
+    pub loaded: String,
+    pub calls: String,
+    pub error: Option<String>,
+}
+
+async fn plugins(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
+    let (_, s) = signed_in(&c, &headers)?;
+    let all = ok(c
+        .call(&s.token, Method::GET, "/v1/admin/plugins", None)
+        .await)?;
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let calls = |v: &Value| match v["calls"].as_u64() {
+        None => "—".to_string(),
+        Some(n) => format!(
+            "{n} calls, {} errors, {} traps; p50 {} µs, p99 {} µs",
+            v["errors"], v["traps"], v["p50_us"], v["p99_us"]
+        ),
+    };
+    let mut lines = Vec::new();
+    for f in all["files"].as_array().into_iter().flatten() {
+        lines.push(PluginLine {
+            kind: "file",
+            name: text(&f["file"]),
+            world: text(&f["world"]),
+            serving: f["serving"]
+                .as_str()
+                .map_or("nothing (held)".into(), str::to_string),
+            loaded: text(&f["loaded_at"]),
+            calls: calls(&f["calls"]),
+            error: f["error"].as_str().map(str::to_string),
+        });
+    }
+    for u in all["uploads"].as_array().into_iter().flatten() {
+        let clients: Vec<&str> = u["serving_clients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        lines.push(PluginLine {
+            kind: "upload",
+            name: text(&u["version"]),
+            world: text(&u["world"]),
+            serving: if clients.is_empty() {
+                "no client".into()
+            } else {
+                clients.join(", ")
+            },
+            loaded: text(&u["loaded_at"]),
+            calls: calls(&u["calls"]),
+            error: u["error"].as_str().map(str::to_string),
+        });
+    }
+    Ok(page(
+        StatusCode::OK,
+        PluginsPage {
+            nav: Nav::of(&s),
+            plugins: lines,
         },
     ))
 }
