@@ -290,9 +290,17 @@ struct RawPlugins {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
+    #[serde(default)]
     path: PathBuf,
+    /// The contract's PostgreSQL store (issue #13): named, so that asking for
+    /// it gets a clear answer rather than "unknown key".
+    url: Option<String>,
     retention: Option<HumanDuration>,
 }
+
+/// What `[store] url` or `HOOKWASM_STORE_URL` gets until the PostgreSQL store
+/// exists.
+const NO_POSTGRES: &str = "the PostgreSQL store (several hosts on one database) is not in this version yet; use `[store] path`, the embedded SQLite store";
 
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -414,6 +422,9 @@ impl Config {
     /// Reads and checks the file at `path`; `HOOKWASM_ADMIN_TOKEN` adds an
     /// operator token.
     pub fn load(path: &Path) -> Result<Config> {
+        if std::env::var_os("HOOKWASM_STORE_URL").is_some_and(|v| !v.is_empty()) {
+            bail!("HOOKWASM_STORE_URL: {NO_POSTGRES}");
+        }
         let mut config = Config::load_file(path)?;
         config.path = Some(path.to_path_buf());
         if let Ok(t) = std::env::var("HOOKWASM_ADMIN_TOKEN")
@@ -524,6 +535,12 @@ impl Config {
             &raw.plugins.limits,
             "plugins.limits",
         )?;
+        if raw.store.url.is_some() {
+            bail!("[store] url: {NO_POSTGRES}");
+        }
+        if raw.store.path.as_os_str().is_empty() {
+            bail!("[store] path is missing: the SQLite file the host keeps its events in");
+        }
         let store = Store {
             path: base_dir.join(&raw.store.path),
             retention: match raw.store.retention {
@@ -993,6 +1010,19 @@ mod tests {
         );
         assert_eq!(a.secrets.len(), 1);
         assert!(a.wants("record.created"));
+    }
+
+    #[test]
+    fn a_postgres_url_is_answered_clearly() {
+        let text = MINIMAL.replace("path = \"data/hookwasm.db\"", "url = \"postgres://h/db\"");
+        let e = format!("{:#}", Config::parse(&text, Path::new("/etc")).unwrap_err());
+        assert!(
+            e.starts_with("[store] url:") && e.contains("PostgreSQL"),
+            "{e}"
+        );
+        let text = MINIMAL.replace("path = \"data/hookwasm.db\"", "");
+        let e = format!("{:#}", Config::parse(&text, Path::new("/etc")).unwrap_err());
+        assert!(e.contains("[store] path is missing"), "{e}");
     }
 
     #[test]
