@@ -28,6 +28,18 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// CPU time (user + system) a process has used: `/proc/PID/stat`'s utime and
+/// stime, in clock ticks.
+fn cpu_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 /// A receiver that counts requests and answers 200.
 async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
@@ -111,7 +123,11 @@ async fn main() {
 
     // Baseline: the bare POST loop.
     post_all(&format!("http://{raddr}/warm"), body, 2_000, concurrency).await;
+    // This process is both the load client and the receiver: its CPU per
+    // request is the price of one HTTP exchange on this machine.
+    let own_before = cpu_of(std::process::id());
     let bare = post_all(&format!("http://{raddr}/bare"), body, n, concurrency).await;
+    let bare_cpu = cpu_of(std::process::id()) - own_before;
     let bare_rate = n as f64 / bare.as_secs_f64();
 
     // hookwasm, end to end.
@@ -153,6 +169,27 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let before = count.load(Ordering::Relaxed);
+    // HOOKWASM_BENCH_PERF=FILE: a perf profile of the host over the measured
+    // run (call graphs from DWARF: release builds keep no frame pointers).
+    let perf = std::env::var("HOOKWASM_BENCH_PERF").ok().map(|file| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+                &file,
+                "-p",
+            ])
+            .arg(host.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf (Debian's linux-perf)")
+    });
+    let host_before = cpu_of(host.id());
     let start = Instant::now();
     let posted = post_all(&ingest, body, n, concurrency).await;
     while count.load(Ordering::Relaxed) < before + n {
@@ -163,6 +200,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let end_to_end = start.elapsed();
+    let host_cpu = cpu_of(host.id()) - host_before;
+    if let Some(mut p) = perf {
+        let _ = Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &host.id().to_string()])
         .status();
@@ -179,6 +223,11 @@ async fn main() {
     );
     println!("  hookwasm end to end         {rate:>10.0} deliveries/s");
     println!("  ratio end to end / bare     {:>10.3}", rate / bare_rate);
+    println!(
+        "  host CPU per event          {:>10.1} µs (one HTTP exchange, client and receiver: {:.1} µs)",
+        host_cpu.as_secs_f64() * 1e6 / n as f64,
+        bare_cpu.as_secs_f64() * 1e6 / n as f64
+    );
     // The store after a clean stop (its WAL checkpointed), per event stored.
     let bytes: u64 = ["hookwasm.db", "hookwasm.db-wal"]
         .iter()

@@ -214,12 +214,34 @@ async fn operators_see_everything_and_each_client_only_its_own() {
         "{table}"
     );
     web.screenshot("clients").await;
-    web.click("nav a[href='/ui/plugins']").await;
-    let plugins = web.text("#plugins").await;
-    assert!(
-        plugins.contains("file passthrough.wasm") && plugins.contains("3 calls"),
-        "{plugins}"
+    // An upload of a's, not active, beside d's file.
+    let chat = std::fs::read(plugin("chat-message")).unwrap();
+    let put = "/v1/clients/a/plugin?activate=false";
+    assert_eq!(
+        host.api_bytes("PUT", put, Some(OPERATOR), Some(chat))
+            .await
+            .0,
+        201
     );
+    web.click("nav a[href='/ui/plugins']").await;
+    let rows = web.text("#plugins tbody").await;
+    let row = |start: &str| {
+        rows.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start} in {rows}"))
+            .to_string()
+    };
+    let file = row("file passthrough.wasm");
+    assert!(
+        file.contains("clients d") && file.contains(" 3 calls, 0 errors, 0 traps"),
+        "{file}"
+    );
+    let upload = row(&format!("upload {}", hash_of(&plugin("chat-message"))));
+    assert!(
+        upload.contains("no client") && upload.contains("UTC"),
+        "{upload}"
+    );
+    assert!(upload.contains(" 0 calls"), "{upload}");
     web.open(&format!("/ui/clients/b/deliveries/{b_msg}")).await;
     assert!(web.text("#attempts").await.contains("HTTP 200"));
     assert!(web.text("#event-body").await.contains("new_feed_entry"));

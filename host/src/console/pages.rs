@@ -613,7 +613,27 @@ async fn plugins(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
     let all = ok(c
         .call(&s.token, Method::GET, "/v1/admin/plugins", None)
         .await)?;
+    let list = ok(c
+        .call(&s.token, Method::GET, "/v1/admin/clients", None)
+        .await)?;
+    let clients: Vec<ApiClient> = view(list["clients"].clone())?;
+    let served_by = |file: &str| -> Vec<&str> {
+        clients
+            .iter()
+            .filter(|c| c.plugin.file.as_deref() == Some(file))
+            .map(|c| c.id.as_str())
+            .collect()
+    };
     let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    // Files say when in RFC 3339, uploads in ms: both as the console writes times.
+    let loaded = |v: &Value| match v {
+        Value::Number(n) => when_opt(n.as_i64()),
+        Value::String(t) => humantime::parse_rfc3339_weak(t)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(t.clone(), |d| when(d.as_millis() as i64)),
+        _ => "—".into(),
+    };
     let calls = |v: &Value| match v["calls"].as_u64() {
         None => "—".to_string(),
         Some(n) => format!(
@@ -623,20 +643,30 @@ async fn plugins(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
     };
     let mut lines = Vec::new();
     for f in all["files"].as_array().into_iter().flatten() {
+        let file = text(&f["file"]);
+        let users = served_by(&file);
         lines.push(PluginLine {
             kind: "file",
-            name: text(&f["file"]),
             world: text(&f["world"]),
-            serving: f["serving"]
-                .as_str()
-                .map_or("nothing (held)".into(), str::to_string),
-            loaded: text(&f["loaded_at"]),
+            serving: format!(
+                "{}; {}",
+                f["serving"]
+                    .as_str()
+                    .unwrap_or("no version (its clients are held)"),
+                if users.is_empty() {
+                    "no client".to_string()
+                } else {
+                    format!("clients {}", users.join(", "))
+                }
+            ),
+            loaded: loaded(&f["loaded_at"]),
+            name: file,
             calls: calls(&f["calls"]),
             error: f["error"].as_str().map(str::to_string),
         });
     }
     for u in all["uploads"].as_array().into_iter().flatten() {
-        let clients: Vec<&str> = u["serving_clients"]
+        let users: Vec<&str> = u["serving_clients"]
             .as_array()
             .into_iter()
             .flatten()
@@ -646,12 +676,12 @@ async fn plugins(State(c): St, headers: HeaderMap) -> Result<Response, Fail> {
             kind: "upload",
             name: text(&u["version"]),
             world: text(&u["world"]),
-            serving: if clients.is_empty() {
+            serving: if users.is_empty() {
                 "no client".into()
             } else {
-                clients.join(", ")
+                format!("clients {}", users.join(", "))
             },
-            loaded: text(&u["loaded_at"]),
+            loaded: loaded(&u["loaded_at"]),
             calls: calls(&u["calls"]),
             error: u["error"].as_str().map(str::to_string),
         });
