@@ -164,8 +164,17 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Also after a failed test, which never reached `close`: the browser
+    /// outlives its driver, so it is found by its own profile folder.
     fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!(
+                "--user-data-dir={}",
+                self._profile.path().display()
+            ))
+            .status();
     }
 }
