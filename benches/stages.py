@@ -14,7 +14,7 @@ import collections
 import re
 import sys
 stages=[
- ("plugin call (wasmtime, guest code)", r"wasmtime|hookwasm::plugin|cranelift|\[unknown\]|wasm"),
+ ("plugin call (wasmtime, guest code)", r"wasmtime|hookwasm::plugin|cranelift|\[unknown\]"),
  ("signing (HMAC-SHA256)", r"hmac|sha2|deliver::sign|Secret::"),
  ("event parse (JSON)", r"hookwasm::event::|serde_json|simd_json"),
  ("store writes and reads (SQLite)", r"sqlite3|unixWrite|unixSync|walChecksum|pcache1|hookwasm::store|rusqlite|fdatasync"),
