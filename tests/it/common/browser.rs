@@ -24,17 +24,6 @@ pub struct Browser {
 impl Browser {
     /// A browser for pages under `base` (`http://127.0.0.1:PORT`).
     pub async fn start(base: &str) -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(std::env::var("CHROMEDRIVER").unwrap_or("chromedriver".into()))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver; scripts/test installs it)");
         let profile = tempfile::tempdir().unwrap();
         // The flags keep Chromium from calling out: this machine's network
         // is closed, and a test must not depend on it.
@@ -50,22 +39,50 @@ impl Browser {
                 ]
             }
         });
-        let url = format!("http://127.0.0.1:{port}");
-        let web = eventually(Duration::from_secs(30), "chromedriver starts a browser")
-            .every(Duration::from_millis(200))
-            .until(async || {
+        // The driver's port is a free one picked here, which another process
+        // may take before the driver binds it: then the driver exits, and a
+        // new port is tried.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut driver =
+                Command::new(std::env::var("CHROMEDRIVER").unwrap_or("chromedriver".into()))
+                    .arg(format!("--port={port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("chromedriver (Debian's chromium-driver; scripts/test installs it)");
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < deadline {
+                if let Ok(Some(status)) = driver.try_wait() {
+                    last = format!("chromedriver on port {port} exited: {status}");
+                    break;
+                }
                 let mut b =
                     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
                 b.capabilities(caps.as_object().unwrap().clone());
-                b.connect(&url).await.map_err(|e| e.to_string())
-            })
-            .await;
-        Browser {
-            web,
-            driver,
-            _profile: profile,
-            base: base.to_string(),
+                match b.connect(&url).await {
+                    Ok(web) => {
+                        return Browser {
+                            web,
+                            driver,
+                            _profile: profile,
+                            base: base.to_string(),
+                        };
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let _ = driver.kill();
+            let _ = driver.wait();
         }
+        panic!("chromedriver did not start a browser: {last}");
     }
 
     /// The element `css`; the test fails, naming the page, without one.
