@@ -1034,6 +1034,8 @@ mod tests {
         );
         let e = err("[[clients]]\nid=\"a\"\nurl=\"http://x.org\"\ntimout=\"1s\"");
         assert!(e.contains("timout") && e.contains("client \"a\""), "{e}");
+        let e = err("[[clients]]\nid=\"..\"\nurl=\"http://x.org\"");
+        assert!(e.contains("not only dots"), "{e}");
         let e = err("[delivery]\nretry_shedule=[]");
         assert!(e.contains("retry_shedule"), "{e}");
     }

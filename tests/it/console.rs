@@ -266,6 +266,11 @@ async fn operators_see_everything_and_each_client_only_its_own() {
     web.select("#f-state", "failed").await;
     web.click(".filters button").await;
     assert!(web.has("#no-deliveries").await, "no failed deliveries");
+    // A filter the API refuses: the page says why.
+    web.fill("#f-since", "soon").await;
+    web.click(".filters button").await;
+    let why = web.text("#flash").await;
+    assert!(why.contains("since") && why.contains("soon"), "{why}");
     web.open("/ui/clients/a").await;
     web.screenshot("client").await;
 

@@ -759,10 +759,8 @@ async fn client(
         }
         out.finish()
     };
-    let mut api_query = query(None);
-    if !get("cursor").is_empty() {
-        api_query = query(Some(("cursor", &get("cursor"))));
-    }
+    let cursor = get("cursor");
+    let api_query = query((!cursor.is_empty()).then_some(("cursor", cursor.as_str())));
     let page_of = ok(c
         .call(
             &s.token,
