@@ -460,6 +460,10 @@ impl Worker {
             _ = self.wake.notified() => {}
             _ = self.cancel.cancelled() => return,
         }
+        // A pause is sent to the store without waiting for its commit, and
+        // its wake-up can bring us here at once: read the store only after
+        // what was sent is committed, or a stale "enabled" undoes the pause.
+        self.queue.flush().await;
         if let Ok(Health { disabled: None, .. }) = self.queue.health(&self.id).await {
             tracing::info!(client = %self.id, "client enabled again");
             *self.health.lock().unwrap() = Health::default();
