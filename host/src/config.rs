@@ -119,9 +119,16 @@ impl Default for PluginLimits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Store {
+    /// The embedded store's file (when `url` is `None`).
     pub path: PathBuf,
+    /// `postgres://…`: the store is in PostgreSQL, shared by every host
+    /// with the same url (`[store] url` or `HOOKWASM_STORE_URL`).
+    pub url: Option<String>,
+    /// On PostgreSQL, how long a host's claim on work lasts unless renewed:
+    /// a host that dies has its work taken over about this long after.
+    pub lease: Duration,
     /// Finished deliveries, their attempts and unreferenced events older
     /// than this are deleted; `None` keeps everything.
     pub retention: Option<Duration>,
@@ -292,15 +299,10 @@ struct RawPlugins {
 struct RawStore {
     #[serde(default)]
     path: PathBuf,
-    /// The contract's PostgreSQL store (issue #13): named, so that asking for
-    /// it gets a clear answer rather than "unknown key".
     url: Option<String>,
+    lease: Option<HumanDuration>,
     retention: Option<HumanDuration>,
 }
-
-/// What `[store] url` or `HOOKWASM_STORE_URL` gets until the PostgreSQL store
-/// exists.
-const NO_POSTGRES: &str = "the PostgreSQL store (several hosts on one database) is not in this version yet; use `[store] path`, the embedded SQLite store";
 
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -422,9 +424,6 @@ impl Config {
     /// Reads and checks the file at `path`; `HOOKWASM_ADMIN_TOKEN` adds an
     /// operator token.
     pub fn load(path: &Path) -> Result<Config> {
-        if std::env::var_os("HOOKWASM_STORE_URL").is_some_and(|v| !v.is_empty()) {
-            bail!("HOOKWASM_STORE_URL: {NO_POSTGRES}");
-        }
         let mut config = Config::load_file(path)?;
         config.path = Some(path.to_path_buf());
         if let Ok(t) = std::env::var("HOOKWASM_ADMIN_TOKEN")
@@ -535,14 +534,41 @@ impl Config {
             &raw.plugins.limits,
             "plugins.limits",
         )?;
-        if raw.store.url.is_some() {
-            bail!("[store] url: {NO_POSTGRES}");
+        // The environment's url wins over the file's store, either kind: the
+        // same file then serves a host on SQLite or one of several on PostgreSQL.
+        let env_url = std::env::var("HOOKWASM_STORE_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let url = match (env_url, &raw.store.url) {
+            (Some(u), _) => Some(check_store_url("HOOKWASM_STORE_URL", u)?),
+            (None, Some(u)) => {
+                if !raw.store.path.as_os_str().is_empty() {
+                    bail!(
+                        "[store] has both path and url: path is the embedded SQLite store, url a PostgreSQL one; keep one"
+                    );
+                }
+                Some(check_store_url("[store] url", u.clone())?)
+            }
+            (None, None) => None,
+        };
+        if url.is_none() && raw.store.path.as_os_str().is_empty() {
+            bail!(
+                "[store] path is missing: the SQLite file the host keeps its events in (or url = \"postgres://…\" for PostgreSQL)"
+            );
         }
-        if raw.store.path.as_os_str().is_empty() {
-            bail!("[store] path is missing: the SQLite file the host keeps its events in");
+        if url.is_none() && raw.store.lease.is_some() {
+            bail!(
+                "[store] lease is for the PostgreSQL store (url); the embedded store has no leases"
+            );
         }
         let store = Store {
-            path: base_dir.join(&raw.store.path),
+            lease: duration_in("store.lease", raw.store.lease, SECS(15), SECS(1), SECS(600))?,
+            path: if url.is_some() {
+                PathBuf::new()
+            } else {
+                base_dir.join(&raw.store.path)
+            },
+            url,
             retention: match raw.store.retention {
                 None => None,
                 Some(r) => Some(duration_in(
@@ -556,6 +582,7 @@ impl Config {
         };
         let cache_dir = match &raw.plugins.cache_dir {
             Some(d) => base_dir.join(d),
+            None if store.url.is_some() => base_dir.join("plugin-cache"),
             None => store.path.parent().unwrap_or(base_dir).join("plugin-cache"),
         };
         let rp = &raw.plugins;
@@ -893,6 +920,17 @@ const fn DAYS(n: u64) -> Duration {
 }
 
 /// `given` (or `default` when absent), checked to lie in `lo..=hi`.
+/// A PostgreSQL url, checked the way the driver will read it, so a typo is
+/// named at start rather than at the first connection.
+fn check_store_url(key: &str, url: String) -> Result<String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("{key} must be a postgres://user@host:port/database url");
+    }
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| anyhow!("{key} is not a PostgreSQL url the driver reads: {e}"))?;
+    Ok(url)
+}
+
 fn duration_in(
     key: &str,
     given: Option<HumanDuration>,
@@ -1013,16 +1051,25 @@ mod tests {
     }
 
     #[test]
-    fn a_postgres_url_is_answered_clearly() {
+    fn a_postgres_url_replaces_the_path_and_is_checked() {
         let text = MINIMAL.replace("path = \"data/hookwasm.db\"", "url = \"postgres://h/db\"");
-        let e = format!("{:#}", Config::parse(&text, Path::new("/etc")).unwrap_err());
-        assert!(
-            e.starts_with("[store] url:") && e.contains("PostgreSQL"),
-            "{e}"
+        let c = Config::parse(&text, Path::new("/etc/hookwasm")).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some("postgres://h/db"));
+        assert_eq!(c.plugins.cache_dir, Path::new("/etc/hookwasm/plugin-cache"));
+        let err = |t: &str| format!("{:#}", Config::parse(t, Path::new("/")).unwrap_err());
+        let both = MINIMAL.replace(
+            "path = \"data/hookwasm.db\"",
+            "path = \"x.db\"\nurl = \"postgres://h/db\"",
         );
-        let text = MINIMAL.replace("path = \"data/hookwasm.db\"", "");
-        let e = format!("{:#}", Config::parse(&text, Path::new("/etc")).unwrap_err());
-        assert!(e.contains("[store] path is missing"), "{e}");
+        let e = err(&both);
+        assert!(e.contains("both path and url"), "{e}");
+        let e = err(&MINIMAL.replace("path = \"data/hookwasm.db\"", "url = \"mysql://h/db\""));
+        assert!(e.starts_with("[store] url must be a postgres://"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "path = \"data/hookwasm.db\"",
+            "path = \"x.db\"\nlease = \"5s\"",
+        ));
+        assert!(e.contains("lease is for the PostgreSQL store"), "{e}");
     }
 
     #[test]

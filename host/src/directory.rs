@@ -179,7 +179,7 @@ impl Directory {
         {
             at_restart.push("server limits (max_body, timeouts, max_connections)");
         }
-        if new.store.path != old.store.path || new.store.retention != old.store.retention {
+        if new.store != old.store {
             at_restart.push("[store]");
         }
         if new.plugins.dir != old.plugins.dir

@@ -51,7 +51,6 @@ pub async fn run(
     let cancel = CancellationToken::new();
     // First: what starting up does (plugin loads) is counted too.
     metrics::install();
-    let store = store::Store::open(&config.store.path)?;
     let runtime = Arc::new(
         plugin::Runtime::new(plugin::RuntimeOptions {
             cache_dir: Some(config.plugins.cache_dir.clone()),
@@ -61,6 +60,8 @@ pub async fn run(
         })
         .context("cannot start the WebAssembly engine")?,
     );
+    // After the engine: a config it refuses is named before any database is touched.
+    let store = store::Store::open(&config.store).await?;
     let registry = Arc::new(plugin::registry::Registry::new(
         &config.plugins.dir,
         config.plugins.max_file_size,
@@ -84,7 +85,10 @@ pub async fn run(
         config.store.retention,
         cancel.clone(),
     ));
-    let queue: Arc<dyn queue::Queue> = Arc::new(queue::sqlite::SqliteQueue::new(store.clone()));
+    let queue: Arc<dyn queue::Queue> = match &store {
+        store::Store::Sqlite(s) => Arc::new(queue::sqlite::SqliteQueue::new(s.clone())),
+        store::Store::Pg(p) => Arc::new(queue::pg::PgQueue::start(p.clone(), cancel.clone())),
+    };
     let dispatcher = Arc::new(deliver::Dispatcher::new(
         directory.clone(),
         queue.clone(),
@@ -109,12 +113,20 @@ pub async fn run(
         uploading: Default::default(),
         depth_read: Default::default(),
     });
+    if let store::Store::Pg(p) = &store {
+        // Other hosts change clients, tokens and plugins through their API.
+        tokio::spawn(follow_other_hosts(
+            p.changes(),
+            api_state.clone(),
+            cancel.clone(),
+        ));
+    }
     let app = api::router(api_state.clone());
     // The console calls the API's routes in process (see console/mod.rs).
     let app = app.clone().merge(console::router(app, api_state));
     tracing::info!(
         listen = %listener.local_addr()?, clients = directory.current().entries.len(),
-        plugins = %config.plugins.dir.display(), store = %config.store.path.display(),
+        plugins = %config.plugins.dir.display(), store = %store.describe(&config.store),
         "hookwasm {} serving", env!("CARGO_PKG_VERSION")
     );
     let limits = api::listen::Limits {
@@ -133,6 +145,12 @@ pub async fn run(
     tracing::info!("stopping: finishing the attempts in flight");
     dispatcher.finished().await;
     queue.flush().await;
+    if let store::Store::Pg(p) = &store {
+        // The other hosts need not wait for this one's leases to run out.
+        if let Err(e) = p.leave().await {
+            tracing::error!("cannot give this host's leases up: {e}");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -166,4 +184,32 @@ async fn load_active_uploads(
         }
     }
     Ok(())
+}
+
+/// With several hosts on one database: a change another host made through its
+/// API (a client, a token, a secret, an uploaded plugin made active) is read
+/// again here, so every host serves it within moments. The store signals each
+/// change (`LISTEN`), and now and then anyway, in case a signal was lost with
+/// a connection.
+async fn follow_other_hosts(
+    changes: Arc<tokio::sync::Notify>,
+    api: Arc<api::Api>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = changes.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let reread = async {
+            api.directory.reload().await?;
+            load_active_uploads(&api.store, &api.registry, &api.directory).await?;
+            api.auth.reload().await?;
+            anyhow::Ok(())
+        };
+        if let Err(e) = reread.await {
+            tracing::error!("cannot read the clients other hosts changed: {e:#}");
+        }
+    }
 }

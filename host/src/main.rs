@@ -237,7 +237,10 @@ fn main() -> ExitCode {
                 state,
                 limit,
                 json,
-            } => cli::store::deliveries(&config, client.as_deref(), state.as_deref(), limit, json),
+            } => {
+                cli::store::deliveries(&config, client.as_deref(), state.as_deref(), limit, json)
+                    .await
+            }
             Command::Replay {
                 config,
                 delivery,
@@ -253,7 +256,9 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Ingest { config, file } => cli::store::ingest(&config, &file).await,
-            Command::Clients(ClientsCommand::List { config }) => cli::store::clients_list(&config),
+            Command::Clients(ClientsCommand::List { config }) => {
+                cli::store::clients_list(&config).await
+            }
             Command::Clients(ClientsCommand::Enable { id, config }) => {
                 cli::store::clients_enable(&config, &id).await
             }

@@ -1,6 +1,7 @@
 //! The integration tests, one binary: the real `hookwasm` binary, real plugins
-//! built from source, real receivers on 127.0.0.1, real SQLite files. One
-//! module per subject; what they share is in `common`. See tests/README.md.
+//! built from source, real receivers on 127.0.0.1, real SQLite files (or a
+//! real PostgreSQL, with `HOOKWASM_TEST_PG`). One module per subject; what
+//! they share is in `common`. See tests/README.md.
 
 mod common;
 
@@ -43,6 +44,10 @@ mod operations;
 
 /// The operator's command line: `serve` with a bad config, the demo receiver.
 mod commands;
+
+/// Several hosts on one PostgreSQL store: sharing the work, a host killed or
+/// added under load, a client's order, an API change seen by every host.
+mod hosts;
 
 /// The web console in a real browser (headless Chromium through WebDriver):
 /// signing in, what operators and clients see, self-service plugins.

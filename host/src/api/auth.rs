@@ -50,6 +50,14 @@ impl Auth {
         })
     }
 
+    /// Reads the client tokens again: with several hosts, another one may
+    /// have made or revoked some.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let tokens = self.store.tokens().await?;
+        *self.tokens.write().unwrap() = tokens.into_iter().map(|t| (t.hash.clone(), t)).collect();
+        Ok(())
+    }
+
     /// The caller the request's bearer token names; a 401 without one that is
     /// known.
     pub fn identify(&self, headers: &HeaderMap, operators: &[String]) -> Result<Caller, ApiError> {

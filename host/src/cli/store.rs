@@ -13,9 +13,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 use hookwasm::config::Config;
-use hookwasm::store::{Store, inspect::Inspector};
+use hookwasm::store::{Store, inspect::Filter};
 
-pub fn deliveries(
+pub async fn deliveries(
     config: &Path,
     client: Option<&str>,
     state: Option<&str>,
@@ -24,7 +24,7 @@ pub fn deliveries(
 ) -> Result<ExitCode> {
     let config = Config::load(config)?;
     if let Some(c) = client {
-        known_client(&config, c)?;
+        known_client(&config, c).await?;
     }
     if let Some(s) = state
         && hookwasm::model::State::parse(s).is_none()
@@ -33,7 +33,16 @@ pub fn deliveries(
             "--state {s:?} is not one of pending, held, plugin_error, retrying, delivered, skipped, failed"
         );
     }
-    let rows = Inspector::open(&config.store.path)?.deliveries(client, state, limit)?;
+    let filter = Filter {
+        client: client.map(str::to_string),
+        state: state.map(str::to_string),
+        limit,
+        ..Filter::default()
+    };
+    let rows = Store::open_existing(&config.store)
+        .await?
+        .deliveries(filter)
+        .await?;
     for d in &rows {
         if json {
             println!("{}", serde_json::to_string(d)?);
@@ -90,7 +99,7 @@ pub async fn replay(
         bail!("say what to replay: --delivery msg_… or --client ID --since TIME");
     }
     if let Some(c) = client {
-        known_client(&config, c)?;
+        known_client(&config, c).await?;
     }
     let since_ms = since.map(parse_since).transpose()?;
     if let Some(api) = running_api(&config).await {
@@ -115,11 +124,18 @@ pub async fn replay(
         println!("{replayed} deliveries will be sent again by the running host");
         return Ok(ExitCode::SUCCESS);
     }
-    let seqs = Inspector::open(&config.store.path)?.select(delivery, client, since_ms)?;
+    let store = Store::open_existing(&config.store).await?;
+    let seqs = store
+        .select(
+            delivery.map(str::to_string),
+            client.map(str::to_string),
+            since_ms,
+            None,
+        )
+        .await?;
     if seqs.is_empty() {
         bail!("no delivery matches");
     }
-    let store = Store::open(&config.store.path)?;
     let n = store.replay(seqs).await.map_err(|e| anyhow!(e))?;
     println!("{n} deliveries will be sent again by the running host");
     Ok(ExitCode::SUCCESS)
@@ -210,12 +226,12 @@ pub async fn ingest(config: &Path, file: &Path) -> Result<ExitCode> {
     })
 }
 
-pub fn clients_list(config: &Path) -> Result<ExitCode> {
+pub async fn clients_list(config: &Path) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    let inspector = Inspector::open(&config.store.path)?;
+    let store = Store::open_existing(&config.store).await?;
     let mut ids: Vec<String> = config.clients.iter().map(|c| c.id.clone()).collect();
-    ids.extend(inspector.api_clients().unwrap_or_default());
-    for c in inspector.clients(&ids)? {
+    ids.extend(store.api_state().await?.clients.into_iter().map(|c| c.id));
+    for c in store.client_rows(ids).await? {
         let health = match (&c.disabled_reason, c.failing_since) {
             (Some(r), _) => format!("DISABLED: {r}"),
             (None, Some(t)) => format!("failing since {}", format_ms(t)),
@@ -229,7 +245,7 @@ pub fn clients_list(config: &Path) -> Result<ExitCode> {
 
 pub async fn clients_enable(config: &Path, id: &str) -> Result<ExitCode> {
     let config = Config::load(config)?;
-    known_client(&config, id)?;
+    known_client(&config, id).await?;
     if let Some(api) = running_api(&config).await {
         api.post(&format!("/v1/clients/{id}/resume"), serde_json::json!({}))
             .await
@@ -237,22 +253,22 @@ pub async fn clients_enable(config: &Path, id: &str) -> Result<ExitCode> {
         println!("client {id} enabled; the running host resumes its deliveries now");
         return Ok(ExitCode::SUCCESS);
     }
-    let store = Store::open(&config.store.path)?;
-    store.set_client(id, None, None);
-    store.flush().await;
+    let store = Store::open_existing(&config.store).await?;
+    store.set_client(id, None, None).await?;
     println!("client {id} enabled; the running host resumes its deliveries within seconds");
     Ok(ExitCode::SUCCESS)
 }
 
 /// Whether `id` is a client of the config file or one created through the API.
-fn known_client(config: &Config, id: &str) -> Result<()> {
+async fn known_client(config: &Config, id: &str) -> Result<()> {
     if config.client(id).is_some() {
         return Ok(());
     }
-    let stored = Inspector::open(&config.store.path)
-        .and_then(|i| i.api_clients())
-        .unwrap_or_default();
-    if stored.iter().any(|c| c == id) {
+    let stored = match Store::open_existing(&config.store).await {
+        Ok(store) => store.api_state().await?.clients,
+        Err(_) => Vec::new(),
+    };
+    if stored.iter().any(|c| c.id == id) {
         return Ok(());
     }
     bail!("no client {id:?} in the config or among the clients created through the API")

@@ -43,6 +43,7 @@
 //! wakers (with `sweep`'s poll as the fallback). A host that dies lets its leases
 //! run out and another host takes the work over. Nothing in `deliver` changes.
 
+pub mod pg;
 pub mod sqlite;
 
 use std::sync::Arc;

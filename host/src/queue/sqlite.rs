@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 use super::{Health, Page, Queue, QueueError, Sweep};
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Update};
-use crate::store::{Ingested, Store, StoreError};
+use crate::store::sqlite::SqliteStore as Store;
+use crate::store::{Ingested, StoreError};
 
 /// Jobs a client's inbox keeps in memory; beyond, the store holds them.
 const INBOX: usize = 8192;

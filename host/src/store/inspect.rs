@@ -1,14 +1,9 @@
-//! Read-side queries: what happened to which delivery. The functions take a
-//! connection, for the API (the store's own read connection); [`Inspector`]
-//! opens one of its own for the command line, so it works beside a running host.
+//! Read-side queries on the embedded store: what happened to which delivery.
+//! The functions take a connection (the store's own read connection, beside
+//! the writer); the row types are both back ends'.
 
-use std::path::Path;
-
-use anyhow::{Result, bail};
 use rusqlite::{Connection, params};
 use serde::Serialize;
-
-use super::schema;
 
 /// A delivery as the API and `hookwasm deliveries --json` show it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -375,80 +370,31 @@ pub struct ClientRow {
     pub counts: Vec<(String, i64)>,
 }
 
-pub struct Inspector {
-    conn: Connection,
-}
-
-impl Inspector {
-    pub fn open(path: &Path) -> Result<Inspector> {
-        if !path.exists() {
-            bail!(
-                "no store at {}: the host has not run with this config yet",
-                path.display()
-            );
-        }
-        Ok(Inspector {
-            conn: schema::open(path, false)?,
-        })
+/// Each client's recorded health and its deliveries by state.
+pub fn client_rows(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<ClientRow>> {
+    use rusqlite::OptionalExtension;
+    let mut out = Vec::new();
+    for id in ids {
+        let (disabled_reason, failing_since) = conn
+            .query_row(
+                "SELECT disabled_reason, failing_since FROM client_state WHERE client_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, None));
+        let counts = conn
+            .prepare_cached(
+                "SELECT state, COUNT(*) FROM deliveries WHERE client_id = ?1 GROUP BY state ORDER BY state",
+            )?
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        out.push(ClientRow {
+            client_id: id.clone(),
+            disabled_reason,
+            failing_since,
+            counts,
+        });
     }
-
-    /// Newest first.
-    pub fn deliveries(
-        &self,
-        client: Option<&str>,
-        state: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<DeliveryRow>> {
-        let filter = Filter {
-            client: client.map(str::to_string),
-            state: state.map(str::to_string),
-            limit,
-            ..Filter::default()
-        };
-        Ok(list(&self.conn, &filter)?)
-    }
-
-    /// The seqs of one delivery by id, or of a client's deliveries since a time.
-    pub fn select(
-        &self,
-        delivery: Option<&str>,
-        client: Option<&str>,
-        since_ms: Option<i64>,
-    ) -> Result<Vec<i64>> {
-        Ok(select(&self.conn, delivery, client, since_ms, None)?)
-    }
-
-    /// The ids of the clients created through the API.
-    pub fn api_clients(&self) -> Result<Vec<String>> {
-        Ok(super::rows::api_clients(&self.conn)?
-            .into_iter()
-            .map(|c| c.id)
-            .collect())
-    }
-
-    pub fn clients(&self, ids: &[String]) -> Result<Vec<ClientRow>> {
-        let mut out = Vec::new();
-        for id in ids {
-            let (disabled_reason, failing_since) = self
-                .conn
-                .query_row(
-                    "SELECT disabled_reason, failing_since FROM client_state WHERE client_id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .unwrap_or((None, None));
-            let mut stmt =
-                self.conn.prepare("SELECT state, COUNT(*) FROM deliveries WHERE client_id = ?1 GROUP BY state ORDER BY state")?;
-            let counts = stmt
-                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            out.push(ClientRow {
-                client_id: id.clone(),
-                disabled_reason,
-                failing_since,
-                counts,
-            });
-        }
-        Ok(out)
-    }
+    Ok(out)
 }

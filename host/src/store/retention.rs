@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio_util::sync::CancellationToken;
 
-use super::Store;
+use super::sqlite::SqliteStore as Store;
 use crate::model::now_ms;
 
 /// Rows read, and at most deleted, per trip to the writer.
@@ -26,8 +26,15 @@ const PAUSE: Duration = Duration::from_millis(10);
 /// How often a pass runs (more often for a short period, at most every second).
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Runs a pass now and then until `cancel`.
-pub async fn run(store: Store, retention: Option<Duration>, cancel: CancellationToken) {
+/// Runs a pass now and then until `cancel`, on either back end.
+pub async fn run(store: super::Store, retention: Option<Duration>, cancel: CancellationToken) {
+    match store {
+        super::Store::Sqlite(s) => run_sqlite(s, retention, cancel).await,
+        super::Store::Pg(p) => p.housekeeping(retention, cancel).await,
+    }
+}
+
+async fn run_sqlite(store: Store, retention: Option<Duration>, cancel: CancellationToken) {
     loop {
         if let Some(retention) = retention {
             match prune(&store, retention, &cancel).await {

@@ -3,8 +3,9 @@
 //! the TOML a config-error test is about).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use super::{Host, Receiver, plugin, repo, run};
+use super::{Host, Receiver, on_postgres, plugin, postgres, repo, run};
 
 /// Where the compiled-code cache is.
 #[derive(Clone, Debug)]
@@ -20,6 +21,12 @@ enum Cache {
 
 /// A `hookwasm.toml`: `[server]`, `[plugins]`, `[store]`, `[delivery]`, the
 /// clients, then any TOML as is; and the plugin files to put in `plugins.dir`.
+///
+/// The store is `data/hookwasm.db` beside the file, or, on PostgreSQL (see
+/// [`on_postgres`]), a database made for this config when it is first written.
+/// A clone keeps that database: a host restarted with a changed config finds
+/// its store again, and clones started in other folders are several hosts on
+/// one store.
 #[derive(Clone, Debug)]
 pub struct Config {
     listen: String,
@@ -31,6 +38,8 @@ pub struct Config {
     clients: Vec<Client>,
     toml: Vec<String>,
     store: Vec<String>,
+    /// On PostgreSQL, the store's URL, made once for this config and its clones.
+    database: Arc<OnceLock<String>>,
     pub(super) files: Vec<(String, PathBuf)>,
     /// Environment variables of the host's process.
     pub(super) env: Vec<(String, String)>,
@@ -50,6 +59,7 @@ impl Config {
             clients: Vec::new(),
             toml: Vec::new(),
             store: Vec::new(),
+            database: Arc::default(),
             files: Vec::new(),
             env: Vec::new(),
         }
@@ -168,7 +178,12 @@ impl Config {
             Cache::Default => {}
         }
         lines(&mut t, &self.plugins);
-        t.push_str("\n[store]\npath = \"data/hookwasm.db\"\n");
+        if on_postgres() {
+            let url = self.database.get_or_init(postgres::fresh_database);
+            t.push_str(&format!("\n[store]\nurl = {url:?}\n"));
+        } else {
+            t.push_str("\n[store]\npath = \"data/hookwasm.db\"\n");
+        }
         lines(&mut t, &self.store);
         if self.loopback || !self.delivery.is_empty() {
             t.push_str("\n[delivery]\n");

@@ -384,6 +384,26 @@ impl Host {
         (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
+    /// This host's `/metrics`: the sum of every sample of counter or gauge
+    /// `name` whose labels include `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, text) = self.api_text("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => panic!("{name} is neither a counter nor a gauge"),
+            })
+            .sum()
+    }
+
     /// Puts `text` in the config file (beside, then renamed over).
     pub fn write_config(&self, text: &str) {
         let tmp = self.config.with_extension("toml.tmp");

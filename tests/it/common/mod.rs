@@ -1,12 +1,14 @@
 //! What the integration tests share: plugins built from source, config files
 //! built from parts, a real receiver on 127.0.0.1, the real `hookwasm` binary
-//! run against a config in a temp dir, and one way to wait.
+//! run against a config in a temp dir, the store in SQLite or PostgreSQL, and
+//! one way to wait.
 
 mod browser;
 mod config;
 mod custom_section;
 mod eventually;
 mod host;
+mod postgres;
 mod receiver;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ pub use config::{Client, Config};
 pub const OPERATOR: &str = "operator-token-for-the-tests-0123456789";
 pub use eventually::eventually;
 pub use host::Host;
+pub use postgres::on_postgres;
 pub use receiver::{Got, Receiver};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -1,0 +1,456 @@
+//! The queue on PostgreSQL: several hosts share the work.
+//!
+//! A claim marks rows with this host's lease (`FOR UPDATE SKIP LOCKED`, see
+//! `store/pg`), renewed every third of a lease while the host works on them;
+//! a host that dies lets its leases run out and the others claim the rows
+//! again (the sweep looks for such orphans every second). So a delivery may
+//! be attempted twice only when its lease ran out during an attempt.
+//!
+//! Per-client rules (order of first attempts, `max_in_flight`, the rate
+//! limit, `disable_after`, the 410 decision) are one host's business at a
+//! time: before any claim, the host takes or renews the client's lease, and a
+//! client whose lease another live host holds gets no claim here. To spread
+//! the clients over the hosts, a host that held a client for [`HOLD`] while
+//! others are alive hands it over: it stops claiming for that client, waits
+//! for its attempts in flight to be recorded, then gives the lease up and
+//! signals the others (and stays away for [`GRACE`]). The new holder claims
+//! in seq order from what is left, so first attempts keep their order.
+//!
+//! Outcomes are committed before `complete` returns; parking, releasing and
+//! health go through one background writer in order, and `flush` waits for it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Health, Page, Queue, QueueError, Sweep};
+use crate::event::Event;
+use crate::model::{Job, NewDelivery, Update};
+use crate::store::Ingested;
+use crate::store::pg::{Claim, PgStore};
+
+/// How long a host holds a client's work before handing it over, when other
+/// hosts are alive.
+const HOLD: Duration = Duration::from_secs(3);
+/// How long a host that handed a client over leaves it to the others.
+const GRACE: Duration = Duration::from_millis(500);
+/// A client lease confirmed this recently is not asked for again: a pause
+/// made on another host stops this one's claims within this long.
+const CONFIRMED: Duration = Duration::from_secs(1);
+
+pub struct PgQueue {
+    store: PgStore,
+    clients: Arc<Mutex<HashMap<String, Holding>>>,
+    later: mpsc::UnboundedSender<(Later, u64)>,
+    /// Writes given to the background writer, and the last one done.
+    sent: AtomicU64,
+    done: watch::Receiver<u64>,
+    /// Other live hosts, as of the last renewal.
+    others: Arc<AtomicI64>,
+}
+
+/// This host's side of one client.
+#[derive(Default)]
+struct Holding {
+    /// When this host took the client's lease; `None` while it does not hold it.
+    since: Option<Instant>,
+    /// When the lease was last confirmed by the database.
+    confirmed: Option<Instant>,
+    /// A handover is under way: no claims until what is claimed is recorded.
+    draining: bool,
+    /// When this host last handed the client over.
+    yielded: Option<Instant>,
+    /// Deliveries claimed and not yet recorded.
+    claimed: HashSet<i64>,
+}
+
+/// What the background writer does, in the order it is asked.
+enum Later {
+    Park(Box<Update>),
+    Release(Vec<i64>),
+    Health(String, Health),
+}
+
+impl PgQueue {
+    /// A queue on `store`, with its background writer and lease renewal.
+    pub fn start(store: PgStore, cancel: CancellationToken) -> PgQueue {
+        let (later, mut rx) = mpsc::unbounded_channel::<(Later, u64)>();
+        let (done_tx, done) = watch::channel(0u64);
+        let writer = store.clone();
+        tokio::spawn(async move {
+            while let Some((op, n)) = rx.recv().await {
+                let result = match op {
+                    Later::Park(u) => writer.complete(&u).await,
+                    Later::Release(seqs) => writer.release(&seqs).await,
+                    Later::Health(client, h) => {
+                        writer
+                            .set_client(&client, h.disabled, h.failing_since)
+                            .await
+                    }
+                };
+                // A lost write leaves the row leased until its lease runs
+                // out (nothing renews it): then it is claimed again.
+                if let Err(e) = result {
+                    tracing::error!("a store write failed: {e}");
+                }
+                let _ = done_tx.send(n);
+            }
+        });
+        let queue = PgQueue {
+            store,
+            clients: Arc::default(),
+            later,
+            sent: AtomicU64::new(0),
+            done,
+            others: Arc::default(),
+        };
+        queue.renew_leases(cancel);
+        queue
+    }
+
+    fn renew_leases(&self, cancel: CancellationToken) {
+        let store = self.store.clone();
+        let others = self.others.clone();
+        let every = store.lease() / 3;
+        // A weak handle: the task ends with the queue.
+        let clients = Arc::downgrade(&self.clients);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = cancel.cancelled() => return,
+                }
+                let Some(clients) = clients.upgrade() else {
+                    return;
+                };
+                let seqs = all_claimed(&clients);
+                drop(clients);
+                match store.renew(&seqs).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!("cannot renew this host's leases: {e}"),
+                }
+                match store.other_hosts().await {
+                    Ok(n) => others.store(n, Ordering::Relaxed),
+                    Err(e) => tracing::error!("cannot count the other hosts: {e}"),
+                }
+            }
+        });
+    }
+
+    fn send(&self, op: Later) {
+        let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        let _ = self.later.send((op, n));
+    }
+
+    /// Whether this host may claim `client`'s work now: it holds (or has just
+    /// taken) the client's lease, no handover is under way, and the client is
+    /// not disabled.
+    async fn may_claim(&self, client: &str) -> bool {
+        // What to do is decided under the lock; the database is asked after.
+        enum Next {
+            Answer(bool),
+            HandOver,
+            Ask,
+        }
+        let next = {
+            let mut clients = self.clients.lock().unwrap();
+            let h = clients.entry(client.to_string()).or_default();
+            if h.draining {
+                if h.claimed.is_empty() {
+                    Next::HandOver
+                } else {
+                    Next::Answer(false)
+                }
+            } else if h.yielded.is_some_and(|t| t.elapsed() < GRACE) {
+                Next::Answer(false)
+            } else if h.since.is_some() && h.confirmed.is_some_and(|t| t.elapsed() < CONFIRMED) {
+                Next::Answer(self.keep_or_hand_over(h))
+            } else {
+                Next::Ask
+            }
+        };
+        match next {
+            Next::Answer(a) => return a,
+            Next::HandOver => {
+                self.hand_over(client).await;
+                return false;
+            }
+            Next::Ask => {}
+        }
+        let held = match self.store.hold_client(client).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(client, "cannot take the client's lease: {e}");
+                false
+            }
+        };
+        let mut clients = self.clients.lock().unwrap();
+        let h = clients.entry(client.to_string()).or_default();
+        if !held {
+            h.since = None;
+            h.confirmed = None;
+            return false;
+        }
+        let now = Instant::now();
+        h.since.get_or_insert(now);
+        h.confirmed = Some(now);
+        self.keep_or_hand_over(h)
+    }
+
+    /// True to go on holding; false once a handover began (the lease was
+    /// held long enough and another host could take it).
+    fn keep_or_hand_over(&self, h: &mut Holding) -> bool {
+        let long = h.since.is_some_and(|t| t.elapsed() >= HOLD);
+        if long && self.others.load(Ordering::Relaxed) > 0 {
+            h.draining = true;
+            return false;
+        }
+        true
+    }
+
+    /// Gives `client`'s lease up; this host's worker comes back after GRACE.
+    async fn hand_over(&self, client: &str) {
+        {
+            let mut clients = self.clients.lock().unwrap();
+            let h = clients.entry(client.to_string()).or_default();
+            h.draining = false;
+            h.since = None;
+            h.confirmed = None;
+            h.yielded = Some(Instant::now());
+        }
+        // Released leases first, so the next holder sees those rows free.
+        self.flush().await;
+        if let Err(e) = self.store.drop_client(client).await {
+            tracing::error!(client, "cannot hand the client's work over: {e}");
+        }
+        let wake = self.store.waker(client);
+        tokio::spawn(async move {
+            tokio::time::sleep(GRACE).await;
+            wake.notify_one();
+        });
+    }
+
+    /// Notes `jobs` as claimed by this host.
+    fn claimed(&self, client: &str, jobs: &[Job]) {
+        let mut clients = self.clients.lock().unwrap();
+        let h = clients.entry(client.to_string()).or_default();
+        h.claimed.extend(jobs.iter().map(|j| j.seq));
+    }
+
+    /// The claims on `seqs` ended; a handover waiting for them may go on.
+    fn ended(&self, client: &str, seqs: impl IntoIterator<Item = i64>) {
+        let mut clients = self.clients.lock().unwrap();
+        let Some(h) = clients.get_mut(client) else {
+            return;
+        };
+        for s in seqs {
+            h.claimed.remove(&s);
+        }
+        if h.draining && h.claimed.is_empty() {
+            self.store.waker(client).notify_one();
+        }
+    }
+
+    async fn claim(&self, client: &str, kind: Claim<'_>, limit: usize) -> Vec<Job> {
+        if !self.may_claim(client).await {
+            return Vec::new();
+        }
+        match self.store.claim(client, kind, limit).await {
+            Ok(jobs) => {
+                self.claimed(client, &jobs);
+                jobs
+            }
+            Err(e) => {
+                tracing::error!(client, "cannot claim work from the store: {e}");
+                // Not "nothing to do": look again in a moment.
+                let wake = self.store.waker(client);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    wake.notify_one();
+                });
+                Vec::new()
+            }
+        }
+    }
+}
+
+impl Queue for PgQueue {
+    fn enqueue(
+        &self,
+        event: Arc<Event>,
+        deliveries: Vec<NewDelivery>,
+        dedup: Option<(String, i64)>,
+    ) -> BoxFuture<'_, Result<Ingested, QueueError>> {
+        async move {
+            let ingested = self
+                .store
+                .ingest(&event, &deliveries, dedup.as_ref())
+                .await?;
+            // The signal wakes every host's workers; this host's need not wait for it.
+            if matches!(ingested, Ingested::Stored(_)) {
+                for d in &deliveries {
+                    self.store.waker(&d.client_id).notify_one();
+                }
+            }
+            Ok(ingested)
+        }
+        .boxed()
+    }
+
+    fn claim_fresh(&self, client: &str, limit: usize) -> BoxFuture<'_, Vec<Job>> {
+        let client = client.to_string();
+        async move {
+            // A release sent a moment ago must be seen: those rows come first.
+            self.flush().await;
+            self.claim(&client, Claim::Fresh, limit).await
+        }
+        .boxed()
+    }
+
+    fn claim_due(&self, client: &str, _now: i64, limit: usize) -> BoxFuture<'_, Page> {
+        let client = client.to_string();
+        async move {
+            let jobs = self.claim(&client, Claim::Due, limit).await;
+            page(jobs)
+        }
+        .boxed()
+    }
+
+    fn claim_parked(
+        &self,
+        client: &str,
+        plugin: &str,
+        after: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Page> {
+        let (client, plugin) = (client.to_string(), plugin.to_string());
+        async move {
+            // Parking writes are sent without waiting; make sure they are visible.
+            self.flush().await;
+            let jobs = self
+                .claim(
+                    &client,
+                    Claim::Parked {
+                        plugin: &plugin,
+                        after,
+                    },
+                    limit,
+                )
+                .await;
+            page(jobs)
+        }
+        .boxed()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        client: &'a str,
+        job: &'a Job,
+        update: Update,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        async move {
+            match self.store.complete(&update).await {
+                Ok(()) => {
+                    self.ended(client, [job.seq]);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Not recorded: the store still says the delivery is due.
+                    self.release(client, std::slice::from_ref(job));
+                    Err(e.into())
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn park(&self, client: &str, update: Update) {
+        let seq = update.seq;
+        self.send(Later::Park(Box::new(update)));
+        self.ended(client, [seq]);
+    }
+
+    fn release(&self, client: &str, jobs: &[Job]) {
+        let seqs: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+        self.send(Later::Release(seqs.clone()));
+        self.ended(client, seqs);
+        self.store.waker(client).notify_one();
+    }
+
+    fn forget(&self, client: &str) {
+        self.clients.lock().unwrap().remove(client);
+        self.store.forget(client);
+        let (store, client) = (self.store.clone(), client.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.drop_client(&client).await {
+                tracing::error!(client, "cannot give the client's lease up: {e}");
+            }
+        });
+    }
+
+    fn waker(&self, client: &str) -> Arc<Notify> {
+        self.store.waker(client)
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<Sweep, QueueError>> {
+        async move {
+            let (retries, held, orphaned) = self.store.sweep().await?;
+            // Work no live host holds: this host's workers try for it.
+            for client in orphaned {
+                self.store.waker(&client).notify_one();
+            }
+            Ok(Sweep { retries, held })
+        }
+        .boxed()
+    }
+
+    fn health(&self, client: &str) -> BoxFuture<'_, Result<Health, QueueError>> {
+        let client = client.to_string();
+        async move {
+            self.flush().await;
+            let (disabled, failing_since) = self.store.client_state(&client).await?;
+            Ok(Health {
+                disabled,
+                failing_since,
+            })
+        }
+        .boxed()
+    }
+
+    fn set_health(&self, client: &str, health: &Health) {
+        self.send(Later::Health(client.to_string(), health.clone()));
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let target = self.sent.load(Ordering::SeqCst);
+            let mut done = self.done.clone();
+            let _ = done.wait_for(|n| *n >= target).await;
+        }
+        .boxed()
+    }
+}
+
+fn page(jobs: Vec<Job>) -> Page {
+    Page {
+        read: jobs.len(),
+        last_seq: jobs.iter().map(|j| j.seq).max().unwrap_or(0),
+        jobs,
+    }
+}
+
+/// Every seq this host works on.
+fn all_claimed(clients: &Mutex<HashMap<String, Holding>>) -> Vec<i64> {
+    clients
+        .lock()
+        .unwrap()
+        .values()
+        .flat_map(|h| h.claimed.iter().copied())
+        .collect()
+}

@@ -1,0 +1,737 @@
+//! The PostgreSQL store: several hosts on one database.
+//!
+//! Every host keeps a pool of connections (`deadpool-postgres`) and one more
+//! that `LISTEN`s: `hookwasm_work` names a client with new work (sent by the
+//! ingest's transaction, so it arrives once the rows are visible), and
+//! `hookwasm_clients` says the API changed a client, a token, a secret or an
+//! uploaded plugin, which every host then reads again (see `lib.rs`). A lost
+//! connection loses signals, so after a reconnect every worker is woken and
+//! the clients are read again; the queue's sweep is the fallback besides.
+//!
+//! An ingest is one transaction (event, its deliveries, the de-duplication
+//! key, the signals): committed before the 202, like SQLite's. Claims are
+//! `FOR UPDATE SKIP LOCKED` with a lease in the database's clock; the queue
+//! (`queue/pg.rs`) decides what to claim and when.
+
+mod access;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::Notify;
+use tokio_postgres::{NoTls, Row};
+
+use super::{DueRetries, Ingested, StoreError};
+use crate::event::Event;
+use crate::model::{Job, NewDelivery, Rendered, StoredRender, Update, now_ms};
+
+/// The database's clock in ms: leases are compared with it, never with a
+/// host's own clock.
+const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Connections per host: the ingests, the workers' claims and outcomes, the API.
+const POOL: usize = 16;
+
+/// The columns a claim returns, in the order [`job`] reads them.
+const JOB_COLUMNS: &str = "d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, \
+     d.content_type, d.headers, d.body, e.id, e.body, e.received_at";
+
+/// The handle to the PostgreSQL store; cheap to clone.
+#[derive(Clone)]
+pub struct PgStore(Arc<Inner>);
+
+struct Inner {
+    pool: Pool,
+    /// This process: the owner of its leases.
+    host: String,
+    /// How long a lease lasts unless renewed (ms).
+    lease_ms: i64,
+    /// The url without its password, for the log.
+    shown: String,
+    /// Each client's waker: a `hookwasm_work` signal for the client wakes it.
+    wakers: RwLock<HashMap<String, Arc<Notify>>>,
+    /// Notified on `hookwasm_clients`.
+    changes: Arc<Notify>,
+}
+
+/// What a claim looks for.
+pub enum Claim<'a> {
+    /// Pending deliveries, in seq order.
+    Fresh,
+    /// Retries due, soonest first.
+    Due,
+    /// Held deliveries, and the `plugin_error` ones of another plugin version
+    /// than this one, after a seq, in seq order.
+    Parked { plugin: &'a str, after: i64 },
+}
+
+impl PgStore {
+    /// Connects, migrates, and starts listening for the other hosts' signals.
+    pub async fn open(url: &str, lease: Duration) -> Result<PgStore> {
+        let config: tokio_postgres::Config = url.parse().context("the store url")?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL)
+            .build()
+            .context("cannot make the PostgreSQL pool")?;
+        let shown = shown(&config);
+        let mut first = pool
+            .get()
+            .await
+            .with_context(|| format!("cannot connect to the PostgreSQL store {shown}"))?;
+        schema::migrate(&mut first)
+            .await
+            .with_context(|| format!("cannot migrate the PostgreSQL store {shown}"))?;
+        drop(first);
+        let host = format!("host_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let store = PgStore(Arc::new(Inner {
+            pool,
+            host,
+            lease_ms: lease.as_millis() as i64,
+            shown,
+            wakers: RwLock::default(),
+            changes: Arc::new(Notify::new()),
+        }));
+        store.heartbeat().await?;
+        tokio::spawn(listen(config, Arc::downgrade(&store.0)));
+        Ok(store)
+    }
+
+    pub fn describe(&self) -> String {
+        self.0.shown.clone()
+    }
+
+    /// This process's name in the leases.
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.0.lease_ms as u64)
+    }
+
+    /// Notified when another host (or this one) changed the API's rows.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.0.changes.clone()
+    }
+
+    /// `client`'s waker, woken by its `hookwasm_work` signals.
+    pub fn waker(&self, client: &str) -> Arc<Notify> {
+        if let Some(w) = self.0.wakers.read().unwrap().get(client) {
+            return w.clone();
+        }
+        self.0
+            .wakers
+            .write()
+            .unwrap()
+            .entry(client.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn forget(&self, client: &str) {
+        self.0.wakers.write().unwrap().remove(client);
+    }
+
+    fn wake_all(&self) {
+        for w in self.0.wakers.read().unwrap().values() {
+            w.notify_one();
+        }
+    }
+
+    async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.0.pool.get().await?)
+    }
+
+    // ---- the event path ----
+
+    /// Stores `event` and its deliveries in one transaction, with the
+    /// de-duplication key when asked, and signals the clients' workers.
+    pub async fn ingest(
+        &self,
+        event: &Event,
+        deliveries: &[NewDelivery],
+        dedup: Option<&(String, i64)>,
+    ) -> Result<Ingested, StoreError> {
+        let began = std::time::Instant::now();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        if let Some((key, until)) = dedup {
+            // A key inside its window is not replaced (the WHERE), and then
+            // names the first event; a concurrent ingest of the same key waits
+            // here for the first one's commit.
+            let taken = tx
+                .query_opt(
+                    "INSERT INTO event_keys (key, event_id, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at \
+                     WHERE event_keys.expires_at <= $4 RETURNING event_id",
+                    &[key, &event.id, until, &event.received_at],
+                )
+                .await?;
+            if taken.is_none() {
+                let first: String = tx
+                    .query_one("SELECT event_id FROM event_keys WHERE key = $1", &[key])
+                    .await?
+                    .get(0);
+                return Ok(Ingested::Duplicate(first));
+            }
+        }
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+        let clients: Vec<&str> = deliveries.iter().map(|d| d.client_id.as_str()).collect();
+        let insert = tx
+            .prepare_cached(
+                "WITH e AS (INSERT INTO events (id, name, body, received_at) VALUES ($1, $2, $3, $4) RETURNING seq) \
+                 INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at) \
+                 SELECT d.id, e.seq, d.client_id, 'pending', $4, $4 \
+                 FROM e, unnest($5::text[], $6::text[]) WITH ORDINALITY AS d(id, client_id, n) ORDER BY d.n \
+                 RETURNING seq, id",
+            )
+            .await?;
+        let rows = tx
+            .query(
+                &insert,
+                &[
+                    &event.id,
+                    &event.name,
+                    &&event.raw[..],
+                    &event.received_at,
+                    &ids,
+                    &clients,
+                ],
+            )
+            .await?;
+        let seq_of: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+        let seqs = deliveries.iter().map(|d| seq_of[&d.id]).collect();
+        // Delivered at commit, so a host woken by it finds the rows.
+        tx.execute(
+            "SELECT pg_notify('hookwasm_work', c) FROM (SELECT DISTINCT unnest($1::text[]) AS c) s",
+            &[&clients],
+        )
+        .await?;
+        tx.commit().await?;
+        crate::metrics::store_commit(began.elapsed(), 1);
+        Ok(Ingested::Stored(seqs))
+    }
+
+    /// Records a claimed delivery's outcome (and its attempt) and ends its
+    /// lease, in one statement.
+    pub async fn complete(&self, u: &Update) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .prepare_cached(
+                "WITH a AS ( \
+                   INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
+                   SELECT $1, COALESCE((SELECT MAX(n) FROM attempts WHERE delivery_seq = $1), 0) + 1, $12, $13, $14, $15, $16, $17 \
+                   WHERE $18) \
+                 UPDATE deliveries SET state = $2, reason = $3, next_attempt_at = $4, updated_at = $5, \
+                   attempts = attempts + $6, plugin = COALESCE($7, plugin), rendered = rendered OR $8, \
+                   content_type = CASE WHEN $8 THEN $9 ELSE content_type END, \
+                   headers = CASE WHEN $8 THEN $10 ELSE headers END, \
+                   body = CASE WHEN $8 THEN $11 ELSE body END, \
+                   lease_owner = NULL, lease_until = NULL \
+                 WHERE seq = $1",
+            )
+            .await?;
+        let (rendered, content_type, headers, body, plugin) = match &u.render {
+            // As in SQLite: NULL is "the event's own body", stored once.
+            Some(r) => (
+                true,
+                r.request.content_type.as_deref(),
+                Some(serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into())),
+                (!u.render_is_event_body).then_some(&r.request.body[..]),
+                r.plugin.as_deref().or(u.plugin.as_deref()),
+            ),
+            None => (false, None, None, None, u.plugin.as_deref()),
+        };
+        let a = u.attempt.as_ref();
+        conn.execute(
+            &stmt,
+            &[
+                &u.seq,
+                &u.state.as_str(),
+                &u.reason,
+                &u.next_attempt_at,
+                &now_ms(),
+                &(u.attempt.is_some() as i64),
+                &plugin,
+                &rendered,
+                &content_type,
+                &headers,
+                &body,
+                &a.map_or(0, |a| a.started_at),
+                &a.map_or(0, |a| a.duration_ms),
+                &a.and_then(|a| a.status).map(i64::from),
+                &a.and_then(|a| a.error_kind.as_deref()),
+                &a.and_then(|a| a.error.as_deref()),
+                &a.and_then(|a| a.response.as_deref()),
+                &u.attempt.is_some(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_client(
+        &self,
+        client_id: &str,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO client_state (client_id, disabled_at, disabled_reason, failing_since) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id) DO UPDATE SET disabled_at = EXCLUDED.disabled_at, \
+             disabled_reason = EXCLUDED.disabled_reason, failing_since = EXCLUDED.failing_since",
+            &[&client_id, &disabled.as_ref().map(|_| now_ms()), &disabled, &failing_since],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A client's recorded health: (disabled reason, failing since).
+    pub async fn client_state(
+        &self,
+        client_id: &str,
+    ) -> Result<(Option<String>, Option<i64>), StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .query_opt(
+                "SELECT disabled_reason, failing_since FROM client_state WHERE client_id = $1",
+                &[&client_id],
+            )
+            .await?
+            .map_or((None, None), |r| (r.get(0), r.get(1))))
+    }
+
+    /// As SQLite's: rendered ones are resent as stored, now; the others are
+    /// parked as `held`, to be rendered afresh. Pending ones are on their way.
+    pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, StoreError> {
+        let conn = self.conn().await?;
+        let now = now_ms();
+        let n = conn
+            .execute(
+                "UPDATE deliveries SET state = CASE WHEN rendered THEN 'retrying' ELSE 'held' END, \
+                 plugin = CASE WHEN rendered THEN plugin ELSE NULL END, \
+                 next_attempt_at = $2, reason = 'replayed', updated_at = $2 \
+                 WHERE seq = ANY($1) AND state != 'pending'",
+                &[&seqs, &now],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+
+    // ---- leases (the queue's) ----
+
+    /// Takes or renews the lease on `client`'s work; false when another live
+    /// host holds it, or the client is disabled (a pause made on any host
+    /// stops every host's claims).
+    pub async fn hold_client(&self, client: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let stmt = conn
+            .prepare_cached(&format!(
+                "INSERT INTO client_leases (client_id, owner, until) \
+                 SELECT $1, $2, {NOW} + $3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM client_state WHERE client_id = $1 AND disabled_reason IS NOT NULL) \
+                 ON CONFLICT (client_id) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until \
+                 WHERE client_leases.owner = EXCLUDED.owner OR client_leases.until < {NOW} \
+                 RETURNING owner"
+            ))
+            .await?;
+        Ok(conn
+            .query_opt(&stmt, &[&client, &self.0.host, &self.0.lease_ms])
+            .await?
+            .is_some())
+    }
+
+    /// Gives up the lease on `client`'s work and tells the other hosts.
+    pub async fn drop_client(&self, client: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "WITH d AS (DELETE FROM client_leases WHERE client_id = $1 AND owner = $2) \
+             SELECT pg_notify('hookwasm_work', $1)",
+            &[&client, &self.0.host],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` of `client`'s deliveries of one kind: those
+    /// whose lease is free or ran out (its host died) get this host's.
+    pub async fn claim(
+        &self,
+        client: &str,
+        kind: Claim<'_>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let conn = self.conn().await?;
+        let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
+        let (filter, order) = match kind {
+            Claim::Fresh => (
+                format!(
+                    "d.client_id = $1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') AND {free}"
+                ),
+                "d.seq",
+            ),
+            Claim::Due => (
+                format!(
+                    "d.client_id = $1 AND d.state = 'retrying' AND d.next_attempt_at <= $5 AND {free}"
+                ),
+                "d.next_attempt_at, d.seq",
+            ),
+            Claim::Parked { .. } => (
+                format!(
+                    "d.client_id = $1 AND d.state IN ('pending', 'held', 'plugin_error') \
+                     AND (d.state = 'held' OR (d.state = 'plugin_error' AND COALESCE(d.plugin, '') != $5)) \
+                     AND d.seq > $6 AND {free}"
+                ),
+                "d.seq",
+            ),
+        };
+        let sql = format!(
+            "WITH c AS (SELECT d.seq FROM deliveries d WHERE {filter} ORDER BY {order} LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             u AS (UPDATE deliveries d SET lease_owner = $3, lease_until = {NOW} + $4 FROM c WHERE d.seq = c.seq RETURNING d.*) \
+             SELECT {JOB_COLUMNS} FROM u d JOIN events e ON e.seq = d.event_seq ORDER BY {order}"
+        );
+        let stmt = conn.prepare_cached(&sql).await?;
+        let limit = limit as i64;
+        let (host, lease) = (&self.0.host, &self.0.lease_ms);
+        let rows = match kind {
+            Claim::Fresh => conn.query(&stmt, &[&client, &limit, host, lease]).await?,
+            Claim::Due => {
+                conn.query(&stmt, &[&client, &limit, host, lease, &now_ms()])
+                    .await?
+            }
+            Claim::Parked { plugin, after } => {
+                conn.query(&stmt, &[&client, &limit, host, lease, &plugin, &after])
+                    .await?
+            }
+        };
+        rows.iter().map(job).collect()
+    }
+
+    /// Ends this host's leases on `seqs` without any other change.
+    pub async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY($1) AND lease_owner = $2",
+            &[&seqs, &self.0.host],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Renews the leases on `seqs` (what this host is working on), on the
+    /// clients' work it holds, and its heartbeat. A delivery this host lost
+    /// track of (a write that failed) is not renewed: its lease runs out and
+    /// it is claimed again.
+    pub async fn renew(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let (host, lease) = (&self.0.host, &self.0.lease_ms);
+        conn.execute(
+            &format!(
+                "UPDATE deliveries SET lease_until = {NOW} + $2 WHERE seq = ANY($3) AND lease_owner = $1"
+            ),
+            &[host, lease, &seqs],
+        )
+        .await?;
+        conn.execute(
+            &format!("UPDATE client_leases SET until = {NOW} + $2 WHERE owner = $1"),
+            &[host, lease],
+        )
+        .await?;
+        drop(conn);
+        self.heartbeat().await
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let name = format!(
+            "{}:{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "hookwasm".into()),
+            std::process::id()
+        );
+        conn.execute(
+            &format!(
+                "INSERT INTO hosts (id, name, started_at, seen_at) VALUES ($1, $2, {NOW}, {NOW}) \
+                 ON CONFLICT (id) DO UPDATE SET seen_at = EXCLUDED.seen_at"
+            ),
+            &[&self.0.host, &name],
+        )
+        .await?;
+        // Hosts not seen for a long while are gone: their rows only mislead.
+        conn.execute(
+            &format!("DELETE FROM hosts WHERE seen_at < {NOW} - 100 * $1::bigint"),
+            &[&self.0.lease_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// How many other hosts renewed their heartbeat within a lease.
+    pub async fn other_hosts(&self) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        Ok(conn
+            .query_one(
+                &format!(
+                    "SELECT COUNT(*) FROM hosts WHERE id != $1 AND seen_at > {NOW} - $2::bigint"
+                ),
+                &[&self.0.host, &self.0.lease_ms],
+            )
+            .await?
+            .get(0))
+    }
+
+    /// A host stopping: its leases end now, so the others need not wait.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let host = &self.0.host;
+        conn.execute(
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            &[host],
+        )
+        .await?;
+        conn.execute("DELETE FROM client_leases WHERE owner = $1", &[host])
+            .await?;
+        conn.execute("DELETE FROM hosts WHERE id = $1", &[host])
+            .await?;
+        conn.execute("SELECT pg_notify('hookwasm_work', '*')", &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Retries scheduled per client, clients with held deliveries, and
+    /// clients with pending work no live host holds (its host died, or a
+    /// signal was lost).
+    pub async fn sweep(&self) -> Result<(DueRetries, Vec<String>, Vec<String>), StoreError> {
+        let conn = self.conn().await?;
+        let retries = conn
+            .query(
+                "SELECT client_id, MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' GROUP BY client_id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let held = conn
+            .query(
+                "SELECT DISTINCT client_id FROM deliveries \
+                 WHERE state IN ('pending', 'held', 'plugin_error') AND state = 'held'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let orphaned = conn
+            .query(
+                &format!(
+                    "SELECT DISTINCT d.client_id FROM deliveries d \
+                     WHERE d.state IN ('pending', 'held', 'plugin_error') AND d.state = 'pending' \
+                     AND (d.lease_until IS NULL OR d.lease_until < {NOW}) \
+                     AND NOT EXISTS (SELECT 1 FROM client_leases l WHERE l.client_id = d.client_id AND l.until >= {NOW})"
+                ),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok((retries, held, orphaned))
+    }
+
+    // ---- housekeeping ----
+
+    /// Retention and the end of de-duplication windows, now and then, until
+    /// `cancel`. Every host runs it; the deletes are idempotent, and the
+    /// batches small, so they never hold rows long.
+    pub async fn housekeeping(
+        self,
+        retention: Option<Duration>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            if let Err(e) = self.prune(retention).await {
+                tracing::error!("retention: {e}");
+            }
+            // As on SQLite: a short period is kept to more closely.
+            let every = retention.map_or(Duration::from_secs(60), |r| {
+                (r / 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    async fn prune(&self, retention: Option<Duration>) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "DELETE FROM event_keys WHERE expires_at <= $1",
+            &[&now_ms()],
+        )
+        .await?;
+        let Some(retention) = retention else {
+            return Ok(());
+        };
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let (mut deliveries, mut events) = (0, 0);
+        loop {
+            // Attempts first, then their deliveries, in one statement a batch.
+            let n = conn
+                .execute(
+                    "WITH d AS (SELECT seq FROM deliveries WHERE state IN ('delivered', 'skipped', 'failed') \
+                       AND updated_at < $1 LIMIT 500), \
+                     a AS (DELETE FROM attempts WHERE delivery_seq IN (SELECT seq FROM d)) \
+                     DELETE FROM deliveries WHERE seq IN (SELECT seq FROM d)",
+                    &[&cutoff],
+                )
+                .await?;
+            deliveries += n;
+            if n < 500 {
+                break;
+            }
+        }
+        loop {
+            let n = conn
+                .execute(
+                    "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e WHERE e.received_at < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq) LIMIT 500)",
+                    &[&cutoff],
+                )
+                .await?;
+            events += n;
+            if n < 500 {
+                break;
+            }
+        }
+        if deliveries + events > 0 {
+            tracing::info!(
+                deliveries,
+                events,
+                "retention: old finished deliveries and their events deleted"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A claimed row as a job; its event parsed once here, as SQLite's loaders do.
+fn job(r: &Row) -> Result<Job, StoreError> {
+    let id: String = r.get(1);
+    let mut event = Event::parse(r.get::<_, String>(9), Bytes::from(r.get::<_, Vec<u8>>(10)))
+        .map_err(|e| StoreError::Corrupt {
+            id: id.clone(),
+            reason: e.to_string(),
+        })?;
+    event.received_at = r.get(11);
+    let headers: Option<String> = r.get(7);
+    let body: Option<Vec<u8>> = r.get(8);
+    let rendered = r.get::<_, bool>(4).then(|| StoredRender {
+        request: Rendered {
+            body: body.unwrap_or_else(|| event.raw.to_vec()),
+            content_type: r.get(6),
+            headers: headers
+                .and_then(|h| serde_json::from_str(&h).ok())
+                .unwrap_or_default(),
+        },
+        plugin: r.get(5),
+    });
+    Ok(Job {
+        seq: r.get(0),
+        id,
+        client_id: r.get(2),
+        attempts: r.get::<_, i64>(3) as u32,
+        event: Arc::new(event),
+        rendered,
+    })
+}
+
+/// The url as the log may show it: user, host, port, database; no password.
+fn shown(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_default();
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+/// The listening connection: forwards the signals while the store lives,
+/// reconnecting when the connection is lost.
+async fn listen(config: tokio_postgres::Config, store: std::sync::Weak<Inner>) {
+    use futures_util::StreamExt;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        if store.strong_count() == 0 {
+            return;
+        }
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async {
+                    client
+                        .batch_execute("LISTEN hookwasm_work; LISTEN hookwasm_clients")
+                        .await
+                };
+                // The connection must be polled for the LISTEN to be answered.
+                let mut listening = std::pin::pin!(listening);
+                let ready = loop {
+                    tokio::select! {
+                        r = &mut listening => break r.is_ok(),
+                        m = messages.next() => if m.is_none() { break false },
+                    }
+                };
+                if ready {
+                    wait = Duration::from_millis(100);
+                    // Whatever was signalled while not listening is looked at.
+                    if let Some(inner) = store.upgrade() {
+                        let s = PgStore(inner);
+                        s.wake_all();
+                        s.0.changes.notify_one();
+                    }
+                    while let Some(message) = messages.next().await {
+                        let Some(inner) = store.upgrade() else { return };
+                        if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = message {
+                            let s = PgStore(inner);
+                            match (n.channel(), n.payload()) {
+                                ("hookwasm_clients", _) => s.0.changes.notify_one(),
+                                (_, "*") => s.wake_all(),
+                                (_, client) => {
+                                    if let Some(w) = s.0.wakers.read().unwrap().get(client) {
+                                        w.notify_one();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                tracing::warn!("the PostgreSQL store's signals were lost; listening again");
+            }
+            Err(e) => tracing::error!("cannot listen to the PostgreSQL store: {e}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,564 @@
+//! The embedded store: events, deliveries and attempts, in SQLite (WAL).
+//!
+//! An event is answered 202 only after it and its fan-out (one delivery row per
+//! client) are committed. Writes go through one writer thread that commits
+//! whatever has queued up in a single transaction (group commit): under load one
+//! fsync covers hundreds of events, and each caller still learns when *its* write
+//! is on disk. Reads use their own connection; WAL lets them run beside the writer,
+//! and lets the command line inspect a store a running host is using.
+//!
+//! A delivery moves through these states (see [`crate::model::State`]):
+//!
+//! ```text
+//! pending ─┬─> delivered | skipped           (rendered and sent, or the plugin said skip)
+//!          ├─> retrying ──> delivered | failed
+//!          ├─> held          (plugin missing or broken: waits for a good plugin)
+//!          └─> plugin_error  (the plugin failed on this event: waits for a new version)
+//! ```
+//!
+//! The plugin's output is stored with the first attempt, with the plugin version
+//! (content hash) that produced it, so every retry resends the same bytes.
+//!
+//! The store knows rows, not work: which deliveries a worker may take, and in
+//! what order, is the queue's business (`crate::queue`), whose SQLite
+//! implementation reads through the loaders here. It knows nothing of plugins or
+//! HTTP either.
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::model::{Job, NewDelivery, Rendered, StoredRender, Update};
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::event::Event;
+
+use super::{DueRetries, Ingested, StoreError, schema};
+
+/// Makes the store private to the host's user, whatever the umask: every event
+/// (subscribers' e-mail addresses included) is in it. A new folder is created
+/// 0700; the database is created 0600 before SQLite opens it, and SQLite gives its
+/// `-wal` and `-shm` files the database's mode. Files left more open by an older
+/// hookwasm are closed down to 0600.
+fn private_files(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the store's folder {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the store {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).with_context(
+                || {
+                    format!(
+                        "cannot make {} private (0600)",
+                        std::path::Path::new(&file).display()
+                    )
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs on the writer thread right after an ingest commits, in commit order: how
+/// the queue learns of new work in the order it was committed. It must be quick
+/// (it holds up the next commit) and must not call the store.
+pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
+
+/// A value a [`Store::write`] returns, through the writer thread.
+type AnyValue = Box<dyn std::any::Any + Send>;
+/// A write from elsewhere than the event path.
+type AnyWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<AnyValue> + Send>;
+
+enum Op {
+    Ingest {
+        event: Arc<Event>,
+        received_at: i64,
+        deliveries: Vec<NewDelivery>,
+        /// (key, until when): the de-duplication window, when one is asked.
+        dedup: Option<(String, i64)>,
+        after: Option<AfterCommit>,
+        done: oneshot::Sender<Result<Ingested, StoreError>>,
+    },
+    Update(Box<Update>, Option<oneshot::Sender<Result<(), StoreError>>>),
+    Client {
+        client_id: String,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    },
+    Replay {
+        seqs: Vec<i64>,
+        done: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    Flush(oneshot::Sender<()>),
+    /// A write from elsewhere in the host (the API's clients, tokens, plugins):
+    /// run by the one writer like any other, so it never races an ingest. It
+    /// may run twice (a batch retried op by op), so it is `Fn`.
+    Run {
+        write: AnyWrite,
+        done: oneshot::Sender<Result<AnyValue, StoreError>>,
+    },
+}
+
+/// The embedded store's handle; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    tx: mpsc::Sender<Op>,
+    /// The workers' reads (claims, sweeps).
+    reader: Arc<Mutex<Connection>>,
+    /// Everyone else's reads (the API, start-up): never queued behind a claim.
+    other: Arc<Mutex<Connection>>,
+}
+
+/// Ops taken into one transaction at most.
+const MAX_BATCH: usize = 2048;
+
+impl SqliteStore {
+    /// Opens (creating if need be) the store at `path` and migrates it.
+    pub fn open(path: &std::path::Path) -> Result<SqliteStore> {
+        private_files(path)?;
+        let mut writer = schema::open(path, true)?;
+        schema::migrate(&mut writer)
+            .with_context(|| format!("cannot migrate the store {}", path.display()))?;
+        let reader = schema::open(path, false)?;
+        let other = schema::open(path, false)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer, rx))?;
+        Ok(SqliteStore {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            other: Arc::new(Mutex::new(other)),
+        })
+    }
+
+    /// Runs `write` in the writer's next transaction; returns its result once
+    /// committed. For the few writes outside the event path (see [`access`]).
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        write: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let write = Box::new(move |c: &Connection| write(c).map(|t| Box::new(t) as AnyValue));
+        self.tx
+            .send(Op::Run { write, done })
+            .map_err(|_| StoreError::Closed)?;
+        let out = rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(*out.downcast::<T>().expect("the closure's own type"))
+    }
+
+    /// Runs `read` on a connection of its own, on the blocking pool.
+    pub(super) async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.other.clone();
+        tokio::task::spawn_blocking(move || read(&conn.lock().unwrap()))
+            .await
+            .map_err(|e| StoreError::Write(format!("a store read crashed: {e}")))?
+            .map_err(StoreError::Read)
+    }
+
+    /// Stores `event` and its deliveries; returns their seqs once committed.
+    /// `after` runs on the writer thread right after the commit, before any later
+    /// commit, so work handed out from it stays in commit order. With `dedup`
+    /// (key, until), an event whose key is in its window is not stored again.
+    pub async fn ingest(
+        &self,
+        event: Arc<Event>,
+        deliveries: Vec<NewDelivery>,
+        dedup: Option<(String, i64)>,
+        after: Option<AfterCommit>,
+    ) -> Result<Ingested, StoreError> {
+        let (done, rx) = oneshot::channel();
+        let op = Op::Ingest {
+            received_at: event.received_at,
+            event,
+            deliveries,
+            dedup,
+            after,
+            done,
+        };
+        self.tx.send(op).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records `update`; returns once it is committed.
+    pub async fn update(&self, update: Update) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Update(Box::new(update), Some(done)))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Records `update` without waiting for the commit.
+    pub fn update_later(&self, update: Update) {
+        let _ = self.tx.send(Op::Update(Box::new(update), None));
+    }
+
+    /// Records a client's health: disabled (with the reason) or not, and since
+    /// when its deliveries have been failing.
+    pub fn set_client(
+        &self,
+        client_id: &str,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    ) {
+        let _ = self.tx.send(Op::Client {
+            client_id: client_id.to_string(),
+            disabled,
+            failing_since,
+        });
+    }
+
+    /// Puts deliveries back to be sent again: their stored rendering is kept and a
+    /// new attempt is due now. Returns how many were found.
+    pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Replay { seqs, done })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once everything sent to the store before the call is committed.
+    pub async fn flush(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Op::Flush(done)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Blocking: a client's pending deliveries with `seq > after`, in order.
+    //
+    // The loaders' predicates repeat the partial indexes' own (`state IN
+    // ('pending', 'held', 'plugin_error')` beside `state = 'pending'`, say): SQLite
+    // uses a partial index only when the query's WHERE contains the index's
+    // WHERE term for term, and these reads must stay on the small indexes of
+    // unfinished work, never the whole table.
+    pub fn load_pending(
+        &self,
+        client_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.load_jobs(
+            "d.client_id = ?1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') \
+             AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+            params![client_id, after, limit as i64],
+        )
+    }
+
+    /// Blocking: a client's deliveries parked until a plugin changes: every `held`
+    /// one, and the `plugin_error` ones made by another version than `plugin`.
+    pub fn load_parked(
+        &self,
+        client_id: &str,
+        plugin: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.load_jobs(
+            "d.client_id = ?1 AND d.state IN ('pending', 'held', 'plugin_error') \
+             AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
+             AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
+            params![client_id, plugin, after, limit as i64],
+        )
+    }
+
+    /// Blocking: a client's retries due at `now`, soonest first.
+    pub fn load_due_retries(
+        &self,
+        client_id: &str,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.load_jobs(
+            "d.client_id = ?1 AND d.state = 'retrying' AND d.next_attempt_at <= ?2 ORDER BY d.next_attempt_at, d.seq LIMIT ?3",
+            params![client_id, now, limit as i64],
+        )
+    }
+
+    /// Blocking: for each client, its soonest retry, and whether it has held
+    /// deliveries. Both read partial indexes of unfinished work only.
+    pub fn sweep(&self) -> Result<(DueRetries, Vec<String>), StoreError> {
+        let conn = self.reader.lock().unwrap();
+        let retries = conn
+            .prepare_cached(
+                "SELECT client_id, MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' GROUP BY client_id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+        let held = conn
+            .prepare_cached(
+                "SELECT DISTINCT client_id FROM deliveries \
+                 WHERE state IN ('pending', 'held', 'plugin_error') AND state = 'held'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok((retries, held))
+    }
+
+    /// Blocking: a client's recorded health: (disabled reason, failing since).
+    pub fn client_state(
+        &self,
+        client_id: &str,
+    ) -> Result<(Option<String>, Option<i64>), StoreError> {
+        let conn = self.reader.lock().unwrap();
+        Ok(conn
+            .query_row(
+                "SELECT disabled_reason, failing_since FROM client_state WHERE client_id = ?1",
+                [client_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((None, None)))
+    }
+
+    fn load_jobs(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Job>, StoreError> {
+        let conn = self.reader.lock().unwrap();
+        let sql = format!(
+            "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
+                    e.id, e.body, e.received_at \
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {filter}"
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<Vec<u8>>>(8)?,
+                r.get::<_, String>(9)?,
+                r.get::<_, Vec<u8>>(10)?,
+                r.get::<_, i64>(11)?,
+            ))
+        })?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let (
+                seq,
+                id,
+                client_id,
+                attempts,
+                rendered,
+                plugin,
+                ct,
+                headers,
+                body,
+                event_id,
+                event_body,
+                received_at,
+            ) = row?;
+            // The event was valid when it was stored; the same parser accepts it again.
+            let mut event = Event::parse(event_id, Bytes::from(event_body)).map_err(|e| {
+                StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            event.received_at = received_at;
+            let rendered = rendered.then(|| StoredRender {
+                request: Rendered {
+                    body: body.unwrap_or_else(|| event.raw.to_vec()),
+                    content_type: ct,
+                    headers: headers
+                        .and_then(|h| serde_json::from_str(&h).ok())
+                        .unwrap_or_default(),
+                },
+                plugin,
+            });
+            jobs.push(Job {
+                seq,
+                id,
+                client_id,
+                event: Arc::new(event),
+                attempts: attempts as u32,
+                rendered,
+            });
+        }
+        Ok(jobs)
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let began = std::time::Instant::now();
+        let result = apply(&mut conn, &mut batch);
+        crate::metrics::store_commit(began.elapsed(), batch.len());
+        finish(batch, result);
+    }
+}
+
+/// What each op of a batch produced, in batch order.
+enum Outcome {
+    Ingested(Ingested),
+    Count(usize),
+    Value(AnyValue),
+    Nothing,
+}
+
+/// Runs one op on `conn`: a transaction, or a savepoint within one.
+fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+    match op {
+        Op::Ingest {
+            event,
+            received_at,
+            deliveries,
+            dedup,
+            ..
+        } => schema::insert_event(conn, event, *received_at, deliveries, dedup.as_ref())
+            .map(Outcome::Ingested),
+        Op::Update(u, _) => schema::apply_update(conn, u).map(|_| Outcome::Nothing),
+        Op::Client {
+            client_id,
+            disabled,
+            failing_since,
+        } => schema::set_client(conn, client_id, disabled.as_deref(), *failing_since)
+            .map(|_| Outcome::Nothing),
+        Op::Replay { seqs, .. } => schema::replay(conn, seqs).map(Outcome::Count),
+        Op::Flush(_) => Ok(Outcome::Nothing),
+        Op::Run { write, .. } => write(conn).map(Outcome::Value),
+    }
+}
+
+/// An op failed while the batch ran without savepoints: run it again with them.
+#[derive(Debug)]
+struct OpFailed;
+
+fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Result<Outcome, String>>, String> {
+    // The quick way: the whole batch in one transaction. Should an op fail (a
+    // constraint, say), the batch is rolled back and run again with a savepoint
+    // per op, so that op fails alone and the rest commits.
+    let run = |conn: &mut Connection,
+               isolate: bool|
+     -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, OpFailed>> {
+        let mut tx = conn.transaction().map_err(Ok)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for op in batch.iter() {
+            if !isolate {
+                out.push(Ok(apply_op(&tx, op).map_err(|_| Err(OpFailed))?));
+                continue;
+            }
+            let sp = tx.savepoint().map_err(Ok)?;
+            match apply_op(&sp, op) {
+                Ok(o) => {
+                    sp.commit().map_err(Ok)?;
+                    out.push(Ok(o));
+                }
+                Err(e) => {
+                    drop(sp); // rolls back to the savepoint
+                    tracing::error!(error = %e, "a store write failed and was undone");
+                    out.push(Err(format!("the store refused the write: {e}")));
+                }
+            }
+        }
+        tx.commit().map_err(Ok)?;
+        Ok(out)
+    };
+    // A busy database (a long read elsewhere) is worth a few more tries; a full
+    // disk or a broken file is not.
+    let (mut tries, mut isolate) = (0, false);
+    loop {
+        match run(conn, isolate) {
+            Ok(out) => return Ok(out),
+            Err(Err(OpFailed)) => isolate = true,
+            Err(Ok(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 50 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(Ok(e)) => {
+                tracing::error!(error = %e, "the store could not commit a batch of {} writes", batch.len());
+                return Err(format!("the store could not commit: {e}"));
+            }
+        }
+    }
+}
+
+fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) {
+    let mut outcomes = match result {
+        Ok(o) => o,
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+    }
+    .into_iter();
+    for op in batch {
+        let outcome = outcomes
+            .next()
+            .expect("one outcome per op")
+            .map_err(StoreError::Write);
+        match op {
+            Op::Ingest { after, done, .. } => {
+                let ingested = outcome.map(|o| match o {
+                    Outcome::Ingested(i) => i,
+                    _ => unreachable!("ingest yields its outcome"),
+                });
+                if let (Ok(Ingested::Stored(seqs)), Some(after)) = (&ingested, after) {
+                    after(seqs);
+                }
+                let _ = done.send(ingested);
+            }
+            Op::Update(_, done) => {
+                if let Some(done) = done {
+                    let _ = done.send(outcome.map(|_| ()));
+                }
+            }
+            Op::Replay { done, .. } => {
+                let _ = done.send(outcome.map(|o| match o {
+                    Outcome::Count(n) => n,
+                    _ => 0,
+                }));
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            Op::Run { done, .. } => {
+                let _ = done.send(outcome.map(|o| match o {
+                    Outcome::Value(v) => v,
+                    _ => unreachable!("a write yields its value"),
+                }));
+            }
+            Op::Client { .. } => {}
+        }
+    }
+}
