@@ -104,6 +104,19 @@ fn build_passthrough() -> PathBuf {
     repo().join("plugins/target/wasm32-wasip2/release/passthrough.wasm")
 }
 
+/// A new database on the PostgreSQL server at `server`; its url.
+fn fresh_database(server: &str) -> String {
+    let name = format!("bench_{}", std::process::id());
+    let status = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {name}")])
+        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql (Debian's PostgreSQL 15)");
+    assert!(status.success());
+    format!("{server}/{name}")
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter that does not name us means skip.
@@ -138,32 +151,56 @@ async fn main() {
         dir.path().join("plugins/passthrough.wasm"),
     )
     .unwrap();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     // HOOKWASM_BENCH_RETENTION=1s: retention pruning runs under the load.
     let retention = std::env::var("HOOKWASM_BENCH_RETENTION")
         .map(|r| format!("retention = \"{r}\"\n"))
         .unwrap_or_default();
-    let config = format!(
-        "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\npath = \"hookwasm.db\"\n{retention}\
-         [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
-         [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
-    );
-    std::fs::write(dir.path().join("hookwasm.toml"), config).unwrap();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_hookwasm"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("hookwasm.toml"))
-        .env("HOOKWASM_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let health = format!("http://{listen}/healthz");
-    while reqwest::get(&health).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // HOOKWASM_BENCH_PG=postgres://…@host:port (a server, as `scripts/pg
+    // start` prints it): the store is a fresh database there, and
+    // HOOKWASM_BENCH_HOSTS hosts share it, the events spread over them.
+    let pg = std::env::var("HOOKWASM_BENCH_PG")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let hosts_n = if pg.is_some() {
+        env_or("HOOKWASM_BENCH_HOSTS", 1)
+    } else {
+        1
+    };
+    let store = match &pg {
+        None => "path = \"hookwasm.db\"".to_string(),
+        Some(server) => format!("url = \"{}\"", fresh_database(server)),
+    };
+    let mut hosts = Vec::new();
+    let mut ingests = Vec::new();
+    for i in 0..hosts_n {
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = format!(
+            "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\n{store}\n{retention}\
+             [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
+             [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
+        );
+        let file = dir.path().join(format!("hookwasm-{i}.toml"));
+        std::fs::write(&file, config).unwrap();
+        hosts.push(
+            Command::new(env!("CARGO_BIN_EXE_hookwasm"))
+                .args(["serve", "--config"])
+                .arg(&file)
+                .env("HOOKWASM_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let health = format!("http://{listen}/healthz");
+        while reqwest::get(&health).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ingests.push(format!("http://{listen}/v1/events"));
     }
-    let ingest = format!("http://{listen}/v1/events");
+    let first = hosts[0].id();
+    let ingest = ingests[0].clone();
     post_all(&ingest, body, 2_000, concurrency).await; // warm-up
     while count.load(Ordering::Relaxed) < 2_000 + n + 2_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -183,15 +220,24 @@ async fn main() {
                 &file,
                 "-p",
             ])
-            .arg(host.id().to_string())
+            .arg(first.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("perf (Debian's linux-perf)")
     });
-    let host_before = cpu_of(host.id());
+    let ids: Vec<u32> = hosts.iter().map(|h| h.id()).collect();
+    let cpu_all = || ids.iter().map(|id| cpu_of(*id)).sum::<Duration>();
+    let host_before = cpu_all();
     let start = Instant::now();
-    let posted = post_all(&ingest, body, n, concurrency).await;
+    // The events spread over the hosts, as a load balancer would.
+    let share = n / hosts_n;
+    let posts = ingests
+        .iter()
+        .map(|url| post_all(url, body, share, concurrency / hosts_n));
+    futures_util::future::join_all(posts).await;
+    let posted = start.elapsed();
+    let n = share * hosts_n;
     while count.load(Ordering::Relaxed) < before + n {
         assert!(
             start.elapsed() < Duration::from_secs(600),
@@ -200,22 +246,29 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let end_to_end = start.elapsed();
-    let host_cpu = cpu_of(host.id()) - host_before;
+    let host_cpu = cpu_all() - host_before;
     if let Some(mut p) = perf {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status();
         let _ = p.wait();
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &host.id().to_string()])
-        .status();
-    let _ = host.wait();
+    for host in &mut hosts {
+        let _ = Command::new("kill")
+            .args(["-TERM", &host.id().to_string()])
+            .status();
+        let _ = host.wait();
+    }
     let rate = n as f64 / end_to_end.as_secs_f64();
 
-    println!(
-        "throughput: {n} events, {concurrency} at once, passthrough plugin, SQLite synchronous=FULL"
-    );
+    match &pg {
+        None => println!(
+            "throughput: {n} events, {concurrency} at once, passthrough plugin, SQLite synchronous=FULL"
+        ),
+        Some(_) => println!(
+            "throughput: {n} events, {concurrency} at once, passthrough plugin, PostgreSQL (synchronous_commit on), {hosts_n} host(s)"
+        ),
+    }
     println!("  bare reqwest POST loop      {bare_rate:>10.0} requests/s");
     println!(
         "  hookwasm ingest (202s)      {:>10.0} events/s",
@@ -228,6 +281,9 @@ async fn main() {
         host_cpu.as_secs_f64() * 1e6 / n as f64,
         bare_cpu.as_secs_f64() * 1e6 / n as f64
     );
+    if pg.is_some() {
+        return;
+    }
     // The store after a clean stop (its WAL checkpointed), per event stored.
     let bytes: u64 = ["hookwasm.db", "hookwasm.db-wal"]
         .iter()

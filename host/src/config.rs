@@ -926,8 +926,14 @@ fn check_store_url(key: &str, url: String) -> Result<String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         bail!("{key} must be a postgres://user@host:port/database url");
     }
-    url.parse::<tokio_postgres::Config>()
+    let config = url
+        .parse::<tokio_postgres::Config>()
         .map_err(|e| anyhow!("{key} is not a PostgreSQL url the driver reads: {e}"))?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        bail!(
+            "{key} asks for sslmode=require: this version connects to PostgreSQL without TLS (a local socket or a private network)"
+        );
+    }
     Ok(url)
 }
 
@@ -1070,6 +1076,13 @@ mod tests {
             "path = \"x.db\"\nlease = \"5s\"",
         ));
         assert!(e.contains("lease is for the PostgreSQL store"), "{e}");
+    }
+
+    #[test]
+    fn the_deploy_example_config_is_a_valid_one() {
+        let text = include_str!("../../deploy/hookwasm.toml");
+        let c = Config::parse(text, Path::new("/etc/hookwasm")).unwrap();
+        assert!(c.store.url.is_some());
     }
 
     #[test]

@@ -85,9 +85,12 @@ pub async fn run(
         config.store.retention,
         cancel.clone(),
     ));
+    // Leases are renewed until the attempts in flight are recorded, after
+    // the serving stops: another host must not take them over meanwhile.
+    let leases = CancellationToken::new();
     let queue: Arc<dyn queue::Queue> = match &store {
         store::Store::Sqlite(s) => Arc::new(queue::sqlite::SqliteQueue::new(s.clone())),
-        store::Store::Pg(p) => Arc::new(queue::pg::PgQueue::start(p.clone(), cancel.clone())),
+        store::Store::Pg(p) => Arc::new(queue::pg::PgQueue::start(p.clone(), leases.clone())),
     };
     let dispatcher = Arc::new(deliver::Dispatcher::new(
         directory.clone(),
@@ -151,6 +154,7 @@ pub async fn run(
             tracing::error!("cannot give this host's leases up: {e}");
         }
     }
+    leases.cancel();
     tracing::info!("stopped");
     Ok(())
 }

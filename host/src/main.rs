@@ -87,6 +87,16 @@ enum Command {
     /// Look at or enable clients.
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Copy an embedded store (SQLite) into an empty PostgreSQL database:
+    /// events, deliveries, attempts, clients, tokens, secrets and plugins.
+    Migrate {
+        /// The SQLite store ([store] path of the host's config).
+        #[arg(long)]
+        from: PathBuf,
+        /// The PostgreSQL database: postgres://user@host:port/database.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -262,6 +272,7 @@ fn main() -> ExitCode {
             Command::Clients(ClientsCommand::Enable { id, config }) => {
                 cli::store::clients_enable(&config, &id).await
             }
+            Command::Migrate { from, to } => cli::store::migrate(&from, &to).await,
         }
     });
     match result {

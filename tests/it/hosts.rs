@@ -378,3 +378,92 @@ async fn a_change_through_one_hosts_api_reaches_the_others() {
         })
         .await;
 }
+
+/// `hookwasm migrate` moves an embedded store into PostgreSQL whole: the
+/// history (deliveries, attempts), the work still due (a retry), the clients
+/// made through the API with their tokens and secrets. A host on the copy
+/// serves all of it, and new events get new seqs after the copied ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_store_moves_into_postgres_with_its_history_and_its_work() {
+    if without_postgres() {
+        return;
+    }
+    let recv = Receiver::start().await;
+    recv.set_statuses("/later", &[500]);
+    let mut host = Config::new()
+        .embedded()
+        .client(Client::to(&recv, "up"))
+        .client(Client::to(&recv, "later").retry_schedule(&["2s"]))
+        .start()
+        .await;
+    let op = Some(OPERATOR);
+    let (status, made) = host
+        .api(
+            "POST",
+            "/v1/admin/clients",
+            op,
+            Some(json!({ "id": "made", "url": recv.url("/made") })),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let (status, tok) = host
+        .api("POST", "/v1/admin/clients/made/tokens", op, None)
+        .await;
+    assert_eq!(status, 201, "{tok}");
+    let token = tok["token"].as_str().unwrap().to_string();
+    host.wait_client("made").await;
+    for n in 0..5 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    recv.wait_for("/up", 5, WAIT).await;
+    recv.wait_for("/made", 5, WAIT).await;
+    host.wait_state("later", 5, "retrying").await;
+    let before: Vec<Value> = host.deliveries("up");
+    let status = host.sigterm().await;
+    assert!(status.success(), "{status}\n{}", host.log());
+
+    let url = fresh_database();
+    let db = host.dir.path().join("data/hookwasm.db");
+    let (code, out, err) = run(&["migrate", "--from", db.to_str().unwrap(), "--to", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for table in ["events", "deliveries", "attempts", "client_tokens"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(table))
+            .unwrap_or_else(|| panic!("{table} counted: {out}"));
+        assert!(!line.contains("DIFFERS"), "{out}");
+    }
+    // A second copy into the same database is refused: it is not empty.
+    let (code, _, err) = run(&["migrate", "--from", db.to_str().unwrap(), "--to", &url]);
+    assert_eq!(code, 1);
+    assert!(err.contains("empty database"), "{err}");
+
+    // The same host on the copy: the same history, the retry goes on.
+    recv.set_statuses("/later", &[200]);
+    host.rewrite_config(|c| c.database(&url));
+    host.restart().await;
+    let database = url.rsplit('/').next().unwrap();
+    assert!(host.log().contains(database), "{}", host.log());
+    let after: Vec<Value> = host.deliveries("up");
+    let ids = |rows: &[Value]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(after[0]["attempts"], before[0]["attempts"]);
+    host.wait_state("later", 5, "delivered").await;
+    let (status, mine) = host
+        .api("GET", "/v1/clients/made/deliveries", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "the copied token is known: {mine}");
+    assert_eq!(mine["deliveries"].as_array().unwrap().len(), 5, "{mine}");
+    // New events continue after the copied seqs.
+    assert_eq!(host.post(numbered(5)).await.0, 202);
+    recv.wait_for("/made", 6, WAIT).await;
+    let rows = host.deliveries("up");
+    assert!(
+        rows[0]["seq"].as_i64() > before[0]["seq"].as_i64(),
+        "{rows:?}"
+    );
+}

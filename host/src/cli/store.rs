@@ -1,5 +1,6 @@
 //! Commands that read or act on a store beside a running host: `deliveries`,
-//! `replay`, `ingest`, `clients`.
+//! `replay`, `ingest`, `clients`; and `migrate`, which copies one store into
+//! another.
 //!
 //! Reads open the store themselves (WAL lets them run beside the host). The
 //! writes (`replay`, `clients enable`) go through the running host's API when
@@ -357,4 +358,35 @@ async fn running_api(config: &Config) -> Option<RunningApi> {
             None
         }
     }
+}
+
+/// `hookwasm migrate --from FILE.db --to postgres://…`: the copy, with a
+/// progress bar, then each table's counts on both sides; any difference fails.
+pub async fn migrate(from: &Path, to: &str) -> Result<ExitCode> {
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        bail!("--to must be a postgres://user@host:port/database url");
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}")
+            .expect("a valid template"),
+    );
+    let counts =
+        hookwasm::store::copy::sqlite_to_pg(from, to, |n| bar.set_length(n), |n| bar.inc(n))
+            .await?;
+    bar.finish_and_clear();
+    let mut differ = false;
+    for c in &counts {
+        let mark = if c.from == c.to { "" } else { "  DIFFERS" };
+        differ |= c.from != c.to;
+        println!("{:<16} {:>10} -> {:<10}{mark}", c.table, c.from, c.to);
+    }
+    if differ {
+        bail!("the counts differ: the copy is not the store it came from");
+    }
+    println!(
+        "copied {}; point the hosts at it with [store] url",
+        from.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use super::Worker;
 use super::http::Verdict;
 use super::retry::{self, Next};
 use crate::model::{Job, State, StoredRender, Update, now_ms};
-use crate::queue::Health;
+use crate::queue::{Health, HealthBy};
 
 impl Worker {
     /// Makes one attempt and records it with the delivery's next state.
@@ -108,11 +108,11 @@ impl Worker {
         match (ok, h.failing_since) {
             (true, Some(_)) => {
                 h.failing_since = None;
-                self.queue.set_health(&self.id, &h);
+                self.queue.set_health(&self.id, &h, HealthBy::Attempts);
             }
             (false, None) => {
                 h.failing_since = Some(now);
-                self.queue.set_health(&self.id, &h);
+                self.queue.set_health(&self.id, &h, HealthBy::Attempts);
             }
             (false, Some(since))
                 if h.disabled.is_none()
@@ -139,7 +139,7 @@ impl Worker {
             Enable it again with `hookwasm clients enable {}`", self.id);
         h.disabled = Some(why.to_string());
         let health: Health = h.clone();
-        self.queue.set_health(&self.id, &health);
+        self.queue.set_health(&self.id, &health, HealthBy::Attempts);
         true
     }
 }

@@ -37,7 +37,7 @@ use crate::config::Client;
 use crate::directory::{Directory, Entry};
 use crate::model::{Job, now_ms};
 use crate::plugin::registry::{Lookup, Registry, Source};
-use crate::queue::{Health, Queue};
+use crate::queue::{Health, HealthBy, Queue};
 
 use render::Outcome;
 
@@ -304,14 +304,14 @@ impl Dispatcher {
             Some(w) => {
                 let mut health = w.health.lock().unwrap();
                 change(&mut health);
-                self.queue.set_health(id, &health);
+                self.queue.set_health(id, &health, HealthBy::Operator);
                 drop(health);
                 w.wake.notify_one();
             }
             None => {
                 let mut health = self.queue.health(id).await?;
                 change(&mut health);
-                self.queue.set_health(id, &health);
+                self.queue.set_health(id, &health, HealthBy::Operator);
             }
         }
         self.queue.flush().await;

@@ -94,6 +94,18 @@ pub struct Health {
     pub failing_since: Option<i64>,
 }
 
+/// Who changes a client's health, which says what the change may undo. On
+/// one host the worker's view is the whole truth; with several, an attempt's
+/// outcome on one host must not undo an operator's pause made on another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HealthBy {
+    /// The outcome of attempts: failing since when, or disabled by its rules
+    /// (a 410, the `disable_after` window). Never enables a disabled client.
+    Attempts,
+    /// An operator's pause or resume: replaces what is recorded.
+    Operator,
+}
+
 /// The operations delivery needs. See the module header for the guarantees.
 pub trait Queue: Send + Sync + 'static {
     /// Stores `event` and its deliveries; returns once they are committed.
@@ -155,7 +167,7 @@ pub trait Queue: Send + Sync + 'static {
     fn health(&self, client: &str) -> BoxFuture<'_, Result<Health, QueueError>>;
 
     /// Records `client`'s health (not waiting for the commit).
-    fn set_health(&self, client: &str, health: &Health);
+    fn set_health(&self, client: &str, health: &Health, by: HealthBy);
 
     /// Returns once every write sent before the call is committed.
     fn flush(&self) -> BoxFuture<'_, ()>;

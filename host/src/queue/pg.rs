@@ -29,7 +29,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Health, Page, Queue, QueueError, Sweep};
+use super::{Health, HealthBy, Page, Queue, QueueError, Sweep};
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Update};
 use crate::store::Ingested;
@@ -41,14 +41,15 @@ const HOLD: Duration = Duration::from_secs(3);
 /// How long a host that handed a client over leaves it to the others.
 const GRACE: Duration = Duration::from_millis(500);
 /// A client lease confirmed this recently is not asked for again: a pause
-/// made on another host stops this one's claims within this long.
+/// made on another host stops this one's claims within this long (or a third
+/// of a lease, when that is shorter: a confirmation must not outlive it).
 const CONFIRMED: Duration = Duration::from_secs(1);
 
 pub struct PgQueue {
     store: PgStore,
     clients: Arc<Mutex<HashMap<String, Holding>>>,
-    later: mpsc::UnboundedSender<(Later, u64)>,
-    /// Writes given to the background writer, and the last one done.
+    later: mpsc::UnboundedSender<Later>,
+    /// Writes given to the background writer, and how many it has done.
     sent: AtomicU64,
     done: watch::Receiver<u64>,
     /// Other live hosts, as of the last renewal.
@@ -70,27 +71,44 @@ struct Holding {
     claimed: HashSet<i64>,
 }
 
+/// What [`PgQueue::may_claim`] decided under its lock.
+enum Next {
+    Answer(bool),
+    HandOver,
+    Ask,
+}
+
 /// What the background writer does, in the order it is asked.
 enum Later {
     Park(Box<Update>),
     Release(Vec<i64>),
-    Health(String, Health),
+    Health(String, Health, HealthBy),
 }
 
 impl PgQueue {
     /// A queue on `store`, with its background writer and lease renewal.
-    pub fn start(store: PgStore, cancel: CancellationToken) -> PgQueue {
-        let (later, mut rx) = mpsc::unbounded_channel::<(Later, u64)>();
+    /// `stop` ends the lease renewal: cancel it only once this host's
+    /// attempts are recorded and its leases given up.
+    pub fn start(store: PgStore, stop: CancellationToken) -> PgQueue {
+        let (later, mut rx) = mpsc::unbounded_channel::<Later>();
         let (done_tx, done) = watch::channel(0u64);
         let writer = store.clone();
         tokio::spawn(async move {
-            while let Some((op, n)) = rx.recv().await {
+            // Counted here, in the channel's order: a flush that waits for
+            // `n` done waits for every write sent before it (see `flush`).
+            let mut processed = 0u64;
+            while let Some(op) = rx.recv().await {
                 let result = match op {
                     Later::Park(u) => writer.complete(&u).await,
                     Later::Release(seqs) => writer.release(&seqs).await,
-                    Later::Health(client, h) => {
+                    Later::Health(client, h, HealthBy::Operator) => {
                         writer
                             .set_client(&client, h.disabled, h.failing_since)
+                            .await
+                    }
+                    Later::Health(client, h, HealthBy::Attempts) => {
+                        writer
+                            .note_health(&client, h.disabled, h.failing_since)
                             .await
                     }
                 };
@@ -99,7 +117,8 @@ impl PgQueue {
                 if let Err(e) = result {
                     tracing::error!("a store write failed: {e}");
                 }
-                let _ = done_tx.send(n);
+                processed += 1;
+                let _ = done_tx.send(processed);
             }
         });
         let queue = PgQueue {
@@ -110,7 +129,7 @@ impl PgQueue {
             done,
             others: Arc::default(),
         };
-        queue.renew_leases(cancel);
+        queue.renew_leases(stop);
         queue
     }
 
@@ -129,9 +148,9 @@ impl PgQueue {
                 let Some(clients) = clients.upgrade() else {
                     return;
                 };
-                let seqs = all_claimed(&clients);
+                let (seqs, held) = all_claimed(&clients);
                 drop(clients);
-                match store.renew(&seqs).await {
+                match store.renew(&seqs, &held).await {
                     Ok(()) => {}
                     Err(e) => tracing::error!("cannot renew this host's leases: {e}"),
                 }
@@ -144,8 +163,8 @@ impl PgQueue {
     }
 
     fn send(&self, op: Later) {
-        let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        let _ = self.later.send((op, n));
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let _ = self.later.send(op);
     }
 
     /// Whether this host may claim `client`'s work now: it holds (or has just
@@ -153,11 +172,6 @@ impl PgQueue {
     /// not disabled.
     async fn may_claim(&self, client: &str) -> bool {
         // What to do is decided under the lock; the database is asked after.
-        enum Next {
-            Answer(bool),
-            HandOver,
-            Ask,
-        }
         let next = {
             let mut clients = self.clients.lock().unwrap();
             let h = clients.entry(client.to_string()).or_default();
@@ -169,8 +183,11 @@ impl PgQueue {
                 }
             } else if h.yielded.is_some_and(|t| t.elapsed() < GRACE) {
                 Next::Answer(false)
-            } else if h.since.is_some() && h.confirmed.is_some_and(|t| t.elapsed() < CONFIRMED) {
-                Next::Answer(self.keep_or_hand_over(h))
+            } else if h.since.is_some()
+                && h.confirmed
+                    .is_some_and(|t| t.elapsed() < CONFIRMED.min(self.store.lease() / 3))
+            {
+                self.keep_or_hand_over(h)
             } else {
                 Next::Ask
             }
@@ -190,28 +207,43 @@ impl PgQueue {
                 false
             }
         };
-        let mut clients = self.clients.lock().unwrap();
-        let h = clients.entry(client.to_string()).or_default();
-        if !held {
-            h.since = None;
-            h.confirmed = None;
-            return false;
+        let next = {
+            let mut clients = self.clients.lock().unwrap();
+            let h = clients.entry(client.to_string()).or_default();
+            if !held {
+                h.since = None;
+                h.confirmed = None;
+                return false;
+            }
+            let now = Instant::now();
+            h.since.get_or_insert(now);
+            h.confirmed = Some(now);
+            self.keep_or_hand_over(h)
+        };
+        match next {
+            Next::Answer(a) => a,
+            Next::HandOver => {
+                self.hand_over(client).await;
+                false
+            }
+            Next::Ask => unreachable!("asked already"),
         }
-        let now = Instant::now();
-        h.since.get_or_insert(now);
-        h.confirmed = Some(now);
-        self.keep_or_hand_over(h)
     }
 
-    /// True to go on holding; false once a handover began (the lease was
-    /// held long enough and another host could take it).
-    fn keep_or_hand_over(&self, h: &mut Holding) -> bool {
+    /// Claim on, or begin a handover: the lease was held long enough and
+    /// another host could take it. With nothing claimed the handover is now
+    /// (nothing else would wake the worker for it); otherwise when the last
+    /// claim ends.
+    fn keep_or_hand_over(&self, h: &mut Holding) -> Next {
         let long = h.since.is_some_and(|t| t.elapsed() >= HOLD);
         if long && self.others.load(Ordering::Relaxed) > 0 {
             h.draining = true;
-            return false;
+            if h.claimed.is_empty() {
+                return Next::HandOver;
+            }
+            return Next::Answer(false);
         }
-        true
+        Next::Answer(true)
     }
 
     /// Gives `client`'s lease up; this host's worker comes back after GRACE.
@@ -423,8 +455,8 @@ impl Queue for PgQueue {
         .boxed()
     }
 
-    fn set_health(&self, client: &str, health: &Health) {
-        self.send(Later::Health(client.to_string(), health.clone()));
+    fn set_health(&self, client: &str, health: &Health, by: HealthBy) {
+        self.send(Later::Health(client.to_string(), health.clone(), by));
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -445,12 +477,17 @@ fn page(jobs: Vec<Job>) -> Page {
     }
 }
 
-/// Every seq this host works on.
-fn all_claimed(clients: &Mutex<HashMap<String, Holding>>) -> Vec<i64> {
-    clients
-        .lock()
-        .unwrap()
+/// Every seq this host works on, and the clients whose lease it holds.
+fn all_claimed(clients: &Mutex<HashMap<String, Holding>>) -> (Vec<i64>, Vec<String>) {
+    let clients = clients.lock().unwrap();
+    let seqs = clients
         .values()
         .flat_map(|h| h.claimed.iter().copied())
-        .collect()
+        .collect();
+    let held = clients
+        .iter()
+        .filter(|(_, h)| h.since.is_some() || !h.claimed.is_empty())
+        .map(|(id, _)| id.clone())
+        .collect();
+    (seqs, held)
 }

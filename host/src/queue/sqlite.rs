@@ -438,7 +438,8 @@ impl Queue for SqliteQueue {
         .boxed()
     }
 
-    fn set_health(&self, client: &str, health: &Health) {
+    // One host: its worker's view is the whole truth, whoever changes it.
+    fn set_health(&self, client: &str, health: &Health, _by: super::HealthBy) {
         self.store
             .set_client(client, health.disabled.clone(), health.failing_since);
     }

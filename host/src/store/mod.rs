@@ -21,6 +21,7 @@
 //! (content hash) that produced it, so every retry resends the same bytes.
 
 mod access;
+pub mod copy;
 pub mod inspect;
 pub mod pg;
 pub mod retention;
@@ -79,8 +80,13 @@ pub enum Store {
 impl Store {
     /// Opens the configured store, creating and migrating it as needed.
     pub async fn open(config: &crate::config::Store) -> Result<Store> {
+        Store::open_as(config, true).await
+    }
+
+    /// `as_host`: see [`pg::PgStore::open`].
+    async fn open_as(config: &crate::config::Store, as_host: bool) -> Result<Store> {
         Ok(match &config.url {
-            Some(url) => Store::Pg(pg::PgStore::open(url, config.lease).await?),
+            Some(url) => Store::Pg(pg::PgStore::open(url, config.lease, as_host).await?),
             None => Store::Sqlite(sqlite::SqliteStore::open(&config.path)?),
         })
     }
@@ -94,7 +100,7 @@ impl Store {
                 config.path.display()
             );
         }
-        Store::open(config).await
+        Store::open_as(config, false).await
     }
 
     /// Where the store is, for the log: the file, or the database without

@@ -40,6 +40,8 @@ pub struct Config {
     store: Vec<String>,
     /// On PostgreSQL, the store's URL, made once for this config and its clones.
     database: Arc<OnceLock<String>>,
+    /// The SQLite file even on PostgreSQL (a store to migrate from).
+    embedded: bool,
     pub(super) files: Vec<(String, PathBuf)>,
     /// Environment variables of the host's process.
     pub(super) env: Vec<(String, String)>,
@@ -60,6 +62,7 @@ impl Config {
             toml: Vec::new(),
             store: Vec::new(),
             database: Arc::default(),
+            embedded: false,
             files: Vec::new(),
             env: Vec::new(),
         }
@@ -129,6 +132,19 @@ impl Config {
         self
     }
 
+    /// The store in the PostgreSQL database at `url` (a copy made by `migrate`).
+    pub fn database(mut self, url: &str) -> Config {
+        self.embedded = false;
+        self.database = Arc::new(OnceLock::from(url.to_string()));
+        self
+    }
+
+    /// The store in `data/hookwasm.db`, even when the others are in PostgreSQL.
+    pub fn embedded(mut self) -> Config {
+        self.embedded = true;
+        self
+    }
+
     /// A line in `[store]`: `retention = "30d"`…
     pub fn store(mut self, line: &str) -> Config {
         self.store.push(line.into());
@@ -178,7 +194,7 @@ impl Config {
             Cache::Default => {}
         }
         lines(&mut t, &self.plugins);
-        if on_postgres() {
+        if on_postgres() && !self.embedded {
             let url = self.database.get_or_init(postgres::fresh_database);
             t.push_str(&format!("\n[store]\nurl = {url:?}\n"));
         } else {

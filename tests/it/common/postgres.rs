@@ -30,7 +30,7 @@ fn server() -> Option<&'static str> {
 
 /// A new, empty database on the server; its URL, for `[store] url`. The name
 /// is random: a server may outlive a run, and serve several at once.
-pub(super) fn fresh_database() -> String {
+pub fn fresh_database() -> String {
     let server = server().expect("a database is made only with HOOKWASM_TEST_PG set");
     let name = format!("t_{:016x}", rand::random::<u64>());
     let out = Command::new(PSQL)

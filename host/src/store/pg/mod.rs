@@ -57,6 +57,8 @@ struct Inner {
     wakers: RwLock<HashMap<String, Arc<Notify>>>,
     /// Notified on `hookwasm_clients`.
     changes: Arc<Notify>,
+    /// Clients with new work, for the other hosts (see [`signal`]).
+    signals: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// What a claim looks for.
@@ -72,8 +74,13 @@ pub enum Claim<'a> {
 
 impl PgStore {
     /// Connects, migrates, and starts listening for the other hosts' signals.
-    pub async fn open(url: &str, lease: Duration) -> Result<PgStore> {
-        let config: tokio_postgres::Config = url.parse().context("the store url")?;
+    /// `as_host`: this process serves (its heartbeat counts it among the
+    /// hosts sharing the work); the command line's tools do not.
+    pub async fn open(url: &str, lease: Duration, as_host: bool) -> Result<PgStore> {
+        let mut config: tokio_postgres::Config = url.parse().context("the store url")?;
+        // A connection that died without a word (a network cut) is noticed
+        // in seconds, not hours: the listening one above all.
+        config.keepalives_idle(Duration::from_secs(10));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -95,7 +102,9 @@ impl PgStore {
             .with_context(|| format!("cannot migrate the PostgreSQL store {shown}"))?;
         drop(first);
         let host = format!("host_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let (signals, pending) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore(Arc::new(Inner {
+            signals: as_host.then_some(signals),
             pool,
             host,
             lease_ms: lease.as_millis() as i64,
@@ -103,8 +112,11 @@ impl PgStore {
             wakers: RwLock::default(),
             changes: Arc::new(Notify::new()),
         }));
-        store.heartbeat().await?;
-        tokio::spawn(listen(config, Arc::downgrade(&store.0)));
+        if as_host {
+            store.heartbeat().await?;
+            tokio::spawn(listen(config, Arc::downgrade(&store.0)));
+            tokio::spawn(signal(store.0.pool.clone(), pending));
+        }
         Ok(store)
     }
 
@@ -152,6 +164,13 @@ impl PgStore {
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.0.pool.get().await?)
+    }
+
+    /// A pooled connection, for `hookwasm migrate`'s copy.
+    pub(in crate::store) async fn connection(
+        &self,
+    ) -> Result<deadpool_postgres::Object, StoreError> {
+        self.conn().await
     }
 
     // ---- the event path ----
@@ -213,13 +232,16 @@ impl PgStore {
             .await?;
         let seq_of: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
         let seqs = deliveries.iter().map(|d| seq_of[&d.id]).collect();
-        // Delivered at commit, so a host woken by it finds the rows.
-        tx.execute(
-            "SELECT pg_notify('hookwasm_work', c) FROM (SELECT DISTINCT unnest($1::text[]) AS c) s",
-            &[&clients],
-        )
-        .await?;
         tx.commit().await?;
+        drop(conn);
+        // After the commit, not in it: a NOTIFY in the transaction would hold
+        // PostgreSQL's one notify lock through the commit's fsync, and so
+        // serialise every ingest.
+        if let Some(signals) = &self.0.signals {
+            for c in clients {
+                let _ = signals.send(c.to_string());
+            }
+        }
         crate::metrics::store_commit(began.elapsed(), 1);
         Ok(Ingested::Stored(seqs))
     }
@@ -240,7 +262,7 @@ impl PgStore {
                    headers = CASE WHEN $8 THEN $10 ELSE headers END, \
                    body = CASE WHEN $8 THEN $11 ELSE body END, \
                    lease_owner = NULL, lease_until = NULL \
-                 WHERE seq = $1",
+                 WHERE seq = $1 AND lease_owner = $19",
             )
             .await?;
         let (rendered, content_type, headers, body, plugin) = match &u.render {
@@ -255,33 +277,46 @@ impl PgStore {
             None => (false, None, None, None, u.plugin.as_deref()),
         };
         let a = u.attempt.as_ref();
-        conn.execute(
-            &stmt,
-            &[
-                &u.seq,
-                &u.state.as_str(),
-                &u.reason,
-                &u.next_attempt_at,
-                &now_ms(),
-                &(u.attempt.is_some() as i64),
-                &plugin,
-                &rendered,
-                &content_type,
-                &headers,
-                &body,
-                &a.map_or(0, |a| a.started_at),
-                &a.map_or(0, |a| a.duration_ms),
-                &a.and_then(|a| a.status).map(i64::from),
-                &a.and_then(|a| a.error_kind.as_deref()),
-                &a.and_then(|a| a.error.as_deref()),
-                &a.and_then(|a| a.response.as_deref()),
-                &u.attempt.is_some(),
-            ],
-        )
-        .await?;
+        let n = conn
+            .execute(
+                &stmt,
+                &[
+                    &u.seq,
+                    &u.state.as_str(),
+                    &u.reason,
+                    &u.next_attempt_at,
+                    &now_ms(),
+                    &(u.attempt.is_some() as i64),
+                    &plugin,
+                    &rendered,
+                    &content_type,
+                    &headers,
+                    &body,
+                    &a.map_or(0, |a| a.started_at),
+                    &a.map_or(0, |a| a.duration_ms),
+                    &a.and_then(|a| a.status).map(i64::from),
+                    &a.and_then(|a| a.error_kind.as_deref()),
+                    &a.and_then(|a| a.error.as_deref()),
+                    &a.and_then(|a| a.response.as_deref()),
+                    &u.attempt.is_some(),
+                    &self.0.host,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            // The lease ran out and another host has the delivery now (or it
+            // was ended, its client deleted): its outcome is that host's to
+            // record. The attempt made here is recorded all the same.
+            tracing::warn!(
+                seq = u.seq,
+                "an outcome came after this host's lease on the delivery ran out; the delivery's state is left to its new holder"
+            );
+        }
         Ok(())
     }
 
+    /// An operator's pause or resume: replaces what is recorded, and a
+    /// resumed client's work is signalled to every host.
     pub async fn set_client(
         &self,
         client_id: &str,
@@ -293,6 +328,33 @@ impl PgStore {
             "INSERT INTO client_state (client_id, disabled_at, disabled_reason, failing_since) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (client_id) DO UPDATE SET disabled_at = EXCLUDED.disabled_at, \
              disabled_reason = EXCLUDED.disabled_reason, failing_since = EXCLUDED.failing_since",
+            &[&client_id, &disabled.as_ref().map(|_| now_ms()), &disabled, &failing_since],
+        )
+        .await?;
+        if disabled.is_none() {
+            conn.execute("SELECT pg_notify('hookwasm_work', $1)", &[&client_id])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// What attempts say of a client's health, merged with what is recorded:
+    /// never enables a disabled client (a pause made on another host stays),
+    /// and failing-since keeps the earliest failure any host saw.
+    pub async fn note_health(
+        &self,
+        client_id: &str,
+        disabled: Option<String>,
+        failing_since: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO client_state (client_id, disabled_at, disabled_reason, failing_since) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (client_id) DO UPDATE SET \
+               disabled_at = COALESCE(client_state.disabled_at, EXCLUDED.disabled_at), \
+               disabled_reason = COALESCE(client_state.disabled_reason, EXCLUDED.disabled_reason), \
+               failing_since = CASE WHEN EXCLUDED.failing_since IS NULL THEN NULL \
+                 ELSE LEAST(COALESCE(client_state.failing_since, EXCLUDED.failing_since), EXCLUDED.failing_since) END",
             &[&client_id, &disabled.as_ref().map(|_| now_ms()), &disabled, &failing_since],
         )
         .await?;
@@ -348,10 +410,20 @@ impl PgStore {
                  RETURNING owner"
             ))
             .await?;
-        Ok(conn
+        let held = conn
             .query_opt(&stmt, &[&client, &self.0.host, &self.0.lease_ms])
             .await?
-            .is_some())
+            .is_some();
+        if !held {
+            // Disabled while this host held it: the lease goes, so that a
+            // resume made on any host is served by whichever claims first.
+            conn.execute(
+                "DELETE FROM client_leases WHERE client_id = $1 AND owner = $2",
+                &[&client, &self.0.host],
+            )
+            .await?;
+        }
+        Ok(held)
     }
 
     /// Gives up the lease on `client`'s work and tells the other hosts.
@@ -377,9 +449,14 @@ impl PgStore {
         let conn = self.conn().await?;
         let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
         let (filter, order) = match kind {
+            // Not past a pending row another host still leases (its lease on
+            // the client ran out first): first attempts keep their order.
             Claim::Fresh => (
                 format!(
-                    "d.client_id = $1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') AND {free}"
+                    "d.client_id = $1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') AND {free} \
+                     AND d.seq < COALESCE((SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 \
+                       AND o.state = 'pending' AND o.state IN ('pending', 'held', 'plugin_error') \
+                       AND o.lease_owner != $3 AND o.lease_until >= {NOW}), 9223372036854775807)"
                 ),
                 "d.seq",
             ),
@@ -435,7 +512,7 @@ impl PgStore {
     /// clients' work it holds, and its heartbeat. A delivery this host lost
     /// track of (a write that failed) is not renewed: its lease runs out and
     /// it is claimed again.
-    pub async fn renew(&self, seqs: &[i64]) -> Result<(), StoreError> {
+    pub async fn renew(&self, seqs: &[i64], clients: &[String]) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         let (host, lease) = (&self.0.host, &self.0.lease_ms);
         conn.execute(
@@ -446,8 +523,10 @@ impl PgStore {
         )
         .await?;
         conn.execute(
-            &format!("UPDATE client_leases SET until = {NOW} + $2 WHERE owner = $1"),
-            &[host, lease],
+            &format!(
+                "UPDATE client_leases SET until = {NOW} + $2 WHERE owner = $1 AND client_id = ANY($3)"
+            ),
+            &[host, lease, &clients],
         )
         .await?;
         drop(conn);
@@ -524,10 +603,12 @@ impl PgStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        // plugin_error too: a holder that paged them while handing the
+        // client over left some; looking again costs a claim that finds none.
         let held = conn
             .query(
                 "SELECT DISTINCT client_id FROM deliveries \
-                 WHERE state IN ('pending', 'held', 'plugin_error') AND state = 'held'",
+                 WHERE state IN ('pending', 'held', 'plugin_error') AND state != 'pending'",
                 &[],
             )
             .await?
@@ -540,9 +621,10 @@ impl PgStore {
                     "SELECT DISTINCT d.client_id FROM deliveries d \
                      WHERE d.state IN ('pending', 'held', 'plugin_error') AND d.state = 'pending' \
                      AND (d.lease_until IS NULL OR d.lease_until < {NOW}) \
-                     AND NOT EXISTS (SELECT 1 FROM client_leases l WHERE l.client_id = d.client_id AND l.until >= {NOW})"
+                     AND NOT EXISTS (SELECT 1 FROM client_leases l WHERE l.client_id = d.client_id \
+                       AND l.until >= {NOW} AND l.owner != $1)"
                 ),
-                &[],
+                &[&self.0.host],
             )
             .await?
             .iter()
@@ -697,10 +779,11 @@ async fn listen(config: tokio_postgres::Config, store: std::sync::Weak<Inner>) {
                 };
                 // The connection must be polled for the LISTEN to be answered.
                 let mut listening = std::pin::pin!(listening);
+                // An error from the connection ends it (tokio-postgres says so).
                 let ready = loop {
                     tokio::select! {
                         r = &mut listening => break r.is_ok(),
-                        m = messages.next() => if m.is_none() { break false },
+                        m = messages.next() => if !matches!(m, Some(Ok(_))) { break false },
                     }
                 };
                 if ready {
@@ -711,9 +794,9 @@ async fn listen(config: tokio_postgres::Config, store: std::sync::Weak<Inner>) {
                         s.wake_all();
                         s.0.changes.notify_one();
                     }
-                    while let Some(message) = messages.next().await {
+                    while let Some(Ok(message)) = messages.next().await {
                         let Some(inner) = store.upgrade() else { return };
-                        if let Ok(tokio_postgres::AsyncMessage::Notification(n)) = message {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = message {
                             let s = PgStore(inner);
                             match (n.channel(), n.payload()) {
                                 ("hookwasm_clients", _) => s.0.changes.notify_one(),
@@ -733,5 +816,30 @@ async fn listen(config: tokio_postgres::Config, store: std::sync::Weak<Inner>) {
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sends the `hookwasm_work` signals for committed ingests, a batch at a
+/// time: under load one statement signals many events' clients.
+async fn signal(pool: Pool, mut pending: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = pending.recv().await {
+        let mut clients = std::collections::BTreeSet::from([first]);
+        while let Ok(c) = pending.try_recv() {
+            clients.insert(c);
+        }
+        let clients: Vec<String> = clients.into_iter().collect();
+        let sent = async {
+            let conn = pool.get().await.map_err(StoreError::from)?;
+            conn.execute(
+                "SELECT pg_notify('hookwasm_work', c) FROM unnest($1::text[]) AS c",
+                &[&clients],
+            )
+            .await?;
+            Ok::<_, StoreError>(())
+        };
+        // A lost signal delays the other hosts by a sweep (a second).
+        if let Err(e) = sent.await {
+            tracing::warn!("cannot signal new work to the other hosts: {e}");
+        }
     }
 }

@@ -150,9 +150,15 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<()> {
 }
 
 async fn migrate_locked(client: &mut tokio_postgres::Client) -> Result<()> {
-    client
-        .batch_execute("CREATE TABLE IF NOT EXISTS hookwasm_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        .await?;
+    let fresh: bool = client
+        .query_one("SELECT to_regclass('hookwasm_schema') IS NULL", &[])
+        .await?
+        .get(0);
+    if fresh {
+        client
+            .batch_execute("CREATE TABLE hookwasm_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            .await?;
+    }
     let version: i32 = client
         .query_one("SELECT COALESCE(MAX(version), 0) FROM hookwasm_schema", &[])
         .await?
