@@ -99,7 +99,7 @@ impl PgQueue {
             let mut processed = 0u64;
             while let Some(op) = rx.recv().await {
                 let result = match op {
-                    Later::Park(u) => writer.complete(&u).await,
+                    Later::Park(u) => writer.complete(*u).await,
                     Later::Release(seqs) => writer.release(&seqs).await,
                     Later::Health(client, h, HealthBy::Operator) => {
                         writer
@@ -320,14 +320,12 @@ impl Queue for PgQueue {
         dedup: Option<(String, i64)>,
     ) -> BoxFuture<'_, Result<Ingested, QueueError>> {
         async move {
-            let ingested = self
-                .store
-                .ingest(&event, &deliveries, dedup.as_ref())
-                .await?;
+            let clients: Vec<String> = deliveries.iter().map(|d| d.client_id.clone()).collect();
+            let ingested = self.store.ingest(event, deliveries, dedup.as_ref()).await?;
             // The signal wakes every host's workers; this host's need not wait for it.
             if matches!(ingested, Ingested::Stored(_)) {
-                for d in &deliveries {
-                    self.store.waker(&d.client_id).notify_one();
+                for c in &clients {
+                    self.store.waker(c).notify_one();
                 }
             }
             Ok(ingested)
@@ -387,7 +385,7 @@ impl Queue for PgQueue {
         update: Update,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         async move {
-            match self.store.complete(&update).await {
+            match self.store.complete(update).await {
                 Ok(()) => {
                     self.ended(client, [job.seq]);
                     Ok(())

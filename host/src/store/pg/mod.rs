@@ -14,6 +14,7 @@
 //! (`queue/pg.rs`) decides what to claim and when.
 
 mod access;
+mod batch;
 mod schema;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tokio_postgres::{NoTls, Row};
 use super::{DueRetries, Ingested, StoreError};
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Rendered, StoredRender, Update, now_ms};
+use batch::{Batcher, Done, Write};
 
 /// The database's clock in ms: leases are compared with it, never with a
 /// host's own clock.
@@ -59,6 +61,8 @@ struct Inner {
     changes: Arc<Notify>,
     /// Clients with new work, for the other hosts (see [`signal`]).
     signals: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// The event path's writes, gathered.
+    batcher: Batcher,
 }
 
 /// What a claim looks for.
@@ -105,6 +109,7 @@ impl PgStore {
         let (signals, pending) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore(Arc::new(Inner {
             signals: as_host.then_some(signals),
+            batcher: Batcher::start(pool.clone(), host.clone()),
             pool,
             host,
             lease_ms: lease.as_millis() as i64,
@@ -175,140 +180,91 @@ impl PgStore {
 
     // ---- the event path ----
 
-    /// Stores `event` and its deliveries in one transaction, with the
-    /// de-duplication key when asked, and signals the clients' workers.
+    /// Stores `event` and its deliveries, with the de-duplication key when
+    /// asked, and signals the clients' workers. Without a key the write
+    /// shares a transaction with others (see `batch.rs`).
     pub async fn ingest(
         &self,
-        event: &Event,
-        deliveries: &[NewDelivery],
+        event: Arc<Event>,
+        deliveries: Vec<NewDelivery>,
         dedup: Option<&(String, i64)>,
     ) -> Result<Ingested, StoreError> {
-        let began = std::time::Instant::now();
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await?;
-        if let Some((key, until)) = dedup {
-            // A key inside its window is not replaced (the WHERE), and then
-            // names the first event; a concurrent ingest of the same key waits
-            // here for the first one's commit.
-            let taken = tx
-                .query_opt(
-                    "INSERT INTO event_keys (key, event_id, expires_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at \
-                     WHERE event_keys.expires_at <= $4 RETURNING event_id",
-                    &[key, &event.id, until, &event.received_at],
-                )
-                .await?;
-            if taken.is_none() {
-                let first: String = tx
-                    .query_one("SELECT event_id FROM event_keys WHERE key = $1", &[key])
-                    .await?
-                    .get(0);
-                return Ok(Ingested::Duplicate(first));
-            }
-        }
-        let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
-        let clients: Vec<&str> = deliveries.iter().map(|d| d.client_id.as_str()).collect();
-        let insert = tx
-            .prepare_cached(
-                "WITH e AS (INSERT INTO events (id, name, body, received_at) VALUES ($1, $2, $3, $4) RETURNING seq) \
-                 INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at) \
-                 SELECT d.id, e.seq, d.client_id, 'pending', $4, $4 \
-                 FROM e, unnest($5::text[], $6::text[]) WITH ORDINALITY AS d(id, client_id, n) ORDER BY d.n \
-                 RETURNING seq, id",
-            )
-            .await?;
-        let rows = tx
-            .query(
-                &insert,
-                &[
-                    &event.id,
-                    &event.name,
-                    &&event.raw[..],
-                    &event.received_at,
-                    &ids,
-                    &clients,
-                ],
-            )
-            .await?;
-        let seq_of: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
-        let seqs = deliveries.iter().map(|d| seq_of[&d.id]).collect();
-        tx.commit().await?;
-        drop(conn);
+        let clients: Vec<String> = deliveries.iter().map(|d| d.client_id.clone()).collect();
+        let seqs = match dedup {
+            None => match self
+                .0
+                .batcher
+                .run(Write::Ingest { event, deliveries })
+                .await?
+            {
+                Done::Stored(seqs) => seqs,
+                Done::Completed(_) => unreachable!("an ingest stores"),
+            },
+            Some(key) => match self.ingest_once(&event, &deliveries, key).await? {
+                Ingested::Stored(seqs) => seqs,
+                duplicate => return Ok(duplicate),
+            },
+        };
         // After the commit, not in it: a NOTIFY in the transaction would hold
         // PostgreSQL's one notify lock through the commit's fsync, and so
         // serialise every ingest.
         if let Some(signals) = &self.0.signals {
             for c in clients {
-                let _ = signals.send(c.to_string());
+                let _ = signals.send(c);
             }
         }
+        Ok(Ingested::Stored(seqs))
+    }
+
+    /// An ingest inside a de-duplication window: in a transaction of its own.
+    async fn ingest_once(
+        &self,
+        event: &Event,
+        deliveries: &[NewDelivery],
+        (key, until): &(String, i64),
+    ) -> Result<Ingested, StoreError> {
+        let began = std::time::Instant::now();
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // A key inside its window is not replaced (the WHERE), and then names
+        // the first event; a concurrent ingest of the same key waits here for
+        // the first one's commit.
+        let taken = tx
+            .query_opt(
+                "INSERT INTO event_keys (key, event_id, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key) DO UPDATE SET event_id = EXCLUDED.event_id, expires_at = EXCLUDED.expires_at \
+                 WHERE event_keys.expires_at <= $4 RETURNING event_id",
+                &[key, &event.id, until, &event.received_at],
+            )
+            .await?;
+        if taken.is_none() {
+            let first: String = tx
+                .query_one("SELECT event_id FROM event_keys WHERE key = $1", &[key])
+                .await?
+                .get(0);
+            return Ok(Ingested::Duplicate(first));
+        }
+        let insert = tx.prepare_cached(batch::INGEST).await?;
+        let seqs = batch::ingest_rows(&*tx, &insert, event, deliveries).await?;
+        tx.commit().await?;
         crate::metrics::store_commit(began.elapsed(), 1);
         Ok(Ingested::Stored(seqs))
     }
 
     /// Records a claimed delivery's outcome (and its attempt) and ends its
-    /// lease, in one statement.
-    pub async fn complete(&self, u: &Update) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
-        let stmt = conn
-            .prepare_cached(
-                "WITH a AS ( \
-                   INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
-                   SELECT $1, COALESCE((SELECT MAX(n) FROM attempts WHERE delivery_seq = $1), 0) + 1, $12, $13, $14, $15, $16, $17 \
-                   WHERE $18) \
-                 UPDATE deliveries SET state = $2, reason = $3, next_attempt_at = $4, updated_at = $5, \
-                   attempts = attempts + $6, plugin = COALESCE($7, plugin), rendered = rendered OR $8, \
-                   content_type = CASE WHEN $8 THEN $9 ELSE content_type END, \
-                   headers = CASE WHEN $8 THEN $10 ELSE headers END, \
-                   body = CASE WHEN $8 THEN $11 ELSE body END, \
-                   lease_owner = NULL, lease_until = NULL \
-                 WHERE seq = $1 AND lease_owner = $19",
-            )
-            .await?;
-        let (rendered, content_type, headers, body, plugin) = match &u.render {
-            // As in SQLite: NULL is "the event's own body", stored once.
-            Some(r) => (
-                true,
-                r.request.content_type.as_deref(),
-                Some(serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into())),
-                (!u.render_is_event_body).then_some(&r.request.body[..]),
-                r.plugin.as_deref().or(u.plugin.as_deref()),
-            ),
-            None => (false, None, None, None, u.plugin.as_deref()),
+    /// lease; returns once committed (in a transaction shared with others).
+    pub async fn complete(&self, u: Update) -> Result<(), StoreError> {
+        let seq = u.seq;
+        let n = match self.0.batcher.run(Write::Complete(Box::new(u))).await? {
+            Done::Completed(n) => n,
+            Done::Stored(_) => unreachable!("an outcome completes"),
         };
-        let a = u.attempt.as_ref();
-        let n = conn
-            .execute(
-                &stmt,
-                &[
-                    &u.seq,
-                    &u.state.as_str(),
-                    &u.reason,
-                    &u.next_attempt_at,
-                    &now_ms(),
-                    &(u.attempt.is_some() as i64),
-                    &plugin,
-                    &rendered,
-                    &content_type,
-                    &headers,
-                    &body,
-                    &a.map_or(0, |a| a.started_at),
-                    &a.map_or(0, |a| a.duration_ms),
-                    &a.and_then(|a| a.status).map(i64::from),
-                    &a.and_then(|a| a.error_kind.as_deref()),
-                    &a.and_then(|a| a.error.as_deref()),
-                    &a.and_then(|a| a.response.as_deref()),
-                    &u.attempt.is_some(),
-                    &self.0.host,
-                ],
-            )
-            .await?;
         if n == 0 {
             // The lease ran out and another host has the delivery now (or it
             // was ended, its client deleted): its outcome is that host's to
             // record. The attempt made here is recorded all the same.
             tracing::warn!(
-                seq = u.seq,
+                seq,
                 "an outcome came after this host's lease on the delivery ran out; the delivery's state is left to its new holder"
             );
         }
@@ -512,12 +468,17 @@ impl PgStore {
     /// clients' work it holds, and its heartbeat. A delivery this host lost
     /// track of (a write that failed) is not renewed: its lease runs out and
     /// it is claimed again.
+    ///
+    /// Rows being written at this moment (an outcome's transaction) are
+    /// skipped, not waited for: waiting could deadlock with that transaction,
+    /// and its outcome ends the lease anyway.
     pub async fn renew(&self, seqs: &[i64], clients: &[String]) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         let (host, lease) = (&self.0.host, &self.0.lease_ms);
         conn.execute(
             &format!(
-                "UPDATE deliveries SET lease_until = {NOW} + $2 WHERE seq = ANY($3) AND lease_owner = $1"
+                "UPDATE deliveries SET lease_until = {NOW} + $2 WHERE seq IN \
+                 (SELECT seq FROM deliveries WHERE seq = ANY($3) AND lease_owner = $1 FOR UPDATE SKIP LOCKED)"
             ),
             &[host, lease, &seqs],
         )

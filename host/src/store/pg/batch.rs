@@ -1,0 +1,251 @@
+//! The event path's writes, gathered: ingests (without a de-duplication key)
+//! and recorded outcomes from every worker queue up here, and each of a few
+//! writers takes what has queued and runs it as one transaction, its
+//! statements pipelined on one connection. One commit — one WAL flush, one
+//! round trip for the lot — then covers many events, as the SQLite writer's
+//! group commit does; each caller still learns when *its* write is committed.
+//! Should one statement fail, the transaction is rolled back and each write
+//! runs again alone, so it fails alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+use crate::event::Event;
+use crate::model::{NewDelivery, Update, now_ms};
+use crate::store::StoreError;
+
+/// Writes taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Transactions in flight at once: while one commits, the next gathers.
+const WRITERS: usize = 3;
+
+pub(super) const INGEST: &str = "WITH e AS (INSERT INTO events (id, name, body, received_at) VALUES ($1, $2, $3, $4) RETURNING seq) \
+     INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at) \
+     SELECT d.id, e.seq, d.client_id, 'pending', $4, $4 \
+     FROM e, unnest($5::text[], $6::text[]) WITH ORDINALITY AS d(id, client_id, n) ORDER BY d.n \
+     RETURNING seq, id";
+
+/// An outcome and its attempt, the lease ended; only by the lease's owner
+/// ($19): a host whose lease ran out records its attempt but leaves the state.
+const COMPLETE: &str = "WITH a AS ( \
+       INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
+       SELECT $1, COALESCE((SELECT MAX(n) FROM attempts WHERE delivery_seq = $1), 0) + 1, $12, $13, $14, $15, $16, $17 \
+       WHERE $18) \
+     UPDATE deliveries SET state = $2, reason = $3, next_attempt_at = $4, updated_at = $5, \
+       attempts = attempts + $6, plugin = COALESCE($7, plugin), rendered = rendered OR $8, \
+       content_type = CASE WHEN $8 THEN $9 ELSE content_type END, \
+       headers = CASE WHEN $8 THEN $10 ELSE headers END, \
+       body = CASE WHEN $8 THEN $11 ELSE body END, \
+       lease_owner = NULL, lease_until = NULL \
+     WHERE seq = $1 AND lease_owner = $19";
+
+pub(super) enum Write {
+    Ingest {
+        event: Arc<Event>,
+        deliveries: Vec<NewDelivery>,
+    },
+    Complete(Box<Update>),
+}
+
+pub(super) enum Done {
+    /// The seqs of the event's deliveries, in order.
+    Stored(Vec<i64>),
+    /// Rows the outcome changed: 0 when the lease was lost.
+    Completed(u64),
+}
+
+type Reply = oneshot::Sender<Result<Done, StoreError>>;
+
+pub(super) struct Batcher {
+    queue: mpsc::UnboundedSender<(Write, Reply)>,
+}
+
+impl Batcher {
+    pub fn start(pool: Pool, host: String) -> Batcher {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pool.clone(), host.clone(), rx.clone()));
+        }
+        Batcher { queue }
+    }
+
+    /// Runs `write` in a shared transaction; returns once it is committed.
+    pub async fn run(&self, write: Write) -> Result<Done, StoreError> {
+        let (reply, done) = oneshot::channel();
+        self.queue
+            .send((write, reply))
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn writer(pool: Pool, host: String, rx: Arc<Mutex<mpsc::UnboundedReceiver<(Write, Reply)>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            // One writer gathers at a time; the others commit meanwhile.
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(w) => batch.push(w),
+                None => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+        }
+        let began = std::time::Instant::now();
+        let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+        match run(&pool, &host, &writes).await {
+            Ok(done) => {
+                crate::metrics::store_commit(began.elapsed(), batch.len());
+                for ((_, reply), d) in batch.into_iter().zip(done) {
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                let (_, reply) = batch.pop().expect("one");
+                let _ = reply.send(Err(e));
+            }
+            Err(_) => {
+                for (w, reply) in batch {
+                    let _ = reply.send(run(&pool, &host, &[&w]).await.map(|mut d| d.remove(0)));
+                }
+            }
+        }
+    }
+}
+
+/// `writes` in one transaction, pipelined; each one's result, in order.
+async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, StoreError> {
+    let mut conn = pool.get().await?;
+    let tx = conn.transaction().await?;
+    let ingest = tx.prepare_cached(INGEST).await?;
+    let complete = tx.prepare_cached(COMPLETE).await?;
+    let each = writes.iter().map(|w| async {
+        match w {
+            Write::Ingest { event, deliveries } => ingest_rows(&*tx, &ingest, event, deliveries)
+                .await
+                .map(Done::Stored),
+            Write::Complete(u) => {
+                let args = CompleteArgs::of(u, host);
+                Ok(Done::Completed(tx.execute(&complete, &args.refs()).await?))
+            }
+        }
+    });
+    let done = futures_util::future::try_join_all(each).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Inserts an event and its deliveries (one statement); their seqs, in order.
+pub(super) async fn ingest_rows(
+    client: &impl GenericClient,
+    stmt: &tokio_postgres::Statement,
+    event: &Event,
+    deliveries: &[NewDelivery],
+) -> Result<Vec<i64>, StoreError> {
+    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+    let clients: Vec<&str> = deliveries.iter().map(|d| d.client_id.as_str()).collect();
+    let rows = client
+        .query(
+            stmt,
+            &[
+                &event.id,
+                &event.name,
+                &&event.raw[..],
+                &event.received_at,
+                &ids,
+                &clients,
+            ],
+        )
+        .await?;
+    let seq_of: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    Ok(deliveries.iter().map(|d| seq_of[&d.id]).collect())
+}
+
+static NO_TEXT: Option<String> = None;
+
+/// The parameters of [`COMPLETE`].
+struct CompleteArgs<'a> {
+    u: &'a Update,
+    host: &'a str,
+    state: &'static str,
+    has_attempt: bool,
+    now: i64,
+    attempted: i64,
+    rendered: bool,
+    content_type: Option<&'a str>,
+    headers: Option<String>,
+    body: Option<&'a [u8]>,
+    plugin: Option<&'a str>,
+    started_at: i64,
+    duration_ms: i64,
+    status: Option<i64>,
+}
+
+impl<'a> CompleteArgs<'a> {
+    fn of(u: &'a Update, host: &'a str) -> CompleteArgs<'a> {
+        let (rendered, content_type, headers, body, plugin) = match &u.render {
+            // As in SQLite: NULL is "the event's own body", stored once.
+            Some(r) => (
+                true,
+                r.request.content_type.as_deref(),
+                Some(serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into())),
+                (!u.render_is_event_body).then_some(&r.request.body[..]),
+                r.plugin.as_deref().or(u.plugin.as_deref()),
+            ),
+            None => (false, None, None, None, u.plugin.as_deref()),
+        };
+        let a = u.attempt.as_ref();
+        CompleteArgs {
+            u,
+            host,
+            state: u.state.as_str(),
+            has_attempt: u.attempt.is_some(),
+            now: now_ms(),
+            attempted: u.attempt.is_some() as i64,
+            rendered,
+            content_type,
+            headers,
+            body,
+            plugin,
+            started_at: a.map_or(0, |a| a.started_at),
+            duration_ms: a.map_or(0, |a| a.duration_ms),
+            status: a.and_then(|a| a.status).map(i64::from),
+        }
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let a = self.u.attempt.as_ref();
+        vec![
+            &self.u.seq,
+            &self.state,
+            &self.u.reason,
+            &self.u.next_attempt_at,
+            &self.now,
+            &self.attempted,
+            &self.plugin,
+            &self.rendered,
+            &self.content_type,
+            &self.headers,
+            &self.body,
+            &self.started_at,
+            &self.duration_ms,
+            &self.status,
+            a.map_or(&NO_TEXT, |a| &a.error_kind),
+            a.map_or(&NO_TEXT, |a| &a.error),
+            a.map_or(&NO_TEXT, |a| &a.response),
+            &self.has_attempt,
+            &self.host,
+        ]
+    }
+}
