@@ -344,3 +344,30 @@ async fn replay_resends_one_delivery_or_a_clients_since_a_time() {
     assert_eq!(code, 1);
     assert!(err.contains("no client \"nobody\""), "{err}");
 }
+
+/// A receiver's answer is kept (its start) with each attempt, whatever its
+/// bytes: a binary one, NUL bytes and all, is recorded as text with the bytes
+/// that are not replaced (PostgreSQL's text refuses NUL, SQLite's does not),
+/// and the delivery goes on as it would: retried, then delivered once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_binary_answer_is_recorded_and_the_delivery_goes_on() {
+    let recv = Receiver::start().await;
+    recv.set_statuses("/bin", &[500, 200]);
+    recv.set_body("/bin", b"\x00\x01gzip?\x00\xff");
+    let host = Config::new()
+        .client(Client::to(&recv, "bin").retry_schedule(&["100ms"]))
+        .start()
+        .await;
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    let rows = host.wait_state("bin", 1, "delivered").await;
+    let attempts = rows[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{rows:?}");
+    assert_eq!(attempts[0]["status"], 500);
+    let response = attempts[0]["response"].as_str().unwrap();
+    assert!(response.contains("gzip?"), "{response:?}");
+    assert_eq!(
+        recv.got("/bin").len(),
+        2,
+        "sent once more, not again and again"
+    );
+}

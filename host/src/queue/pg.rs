@@ -148,7 +148,7 @@ impl PgQueue {
                 let Some(clients) = clients.upgrade() else {
                     return;
                 };
-                let (seqs, held) = all_claimed(&clients);
+                let (seqs, held) = all_claimed(&clients, store.lease());
                 drop(clients);
                 match store.renew(&seqs, &held).await {
                     Ok(()) => {}
@@ -268,11 +268,15 @@ impl PgQueue {
         });
     }
 
-    /// Notes `jobs` as claimed by this host.
-    fn claimed(&self, client: &str, jobs: &[Job]) {
+    /// Notes `jobs` as claimed by this host, leaving out any this host is
+    /// working on already (its lease ran out while the outcome was being
+    /// written, and the claim took it again): one attempt at a time.
+    fn claimed(&self, client: &str, jobs: Vec<Job>) -> Vec<Job> {
         let mut clients = self.clients.lock().unwrap();
         let h = clients.entry(client.to_string()).or_default();
-        h.claimed.extend(jobs.iter().map(|j| j.seq));
+        jobs.into_iter()
+            .filter(|j| h.claimed.insert(j.seq))
+            .collect()
     }
 
     /// The claims on `seqs` ended; a handover waiting for them may go on.
@@ -294,10 +298,7 @@ impl PgQueue {
             return Vec::new();
         }
         match self.store.claim(client, kind, limit).await {
-            Ok(jobs) => {
-                self.claimed(client, &jobs);
-                jobs
-            }
+            Ok(jobs) => self.claimed(client, jobs),
             Err(e) => {
                 tracing::error!(client, "cannot claim work from the store: {e}");
                 // Not "nothing to do": look again in a moment.
@@ -475,8 +476,13 @@ fn page(jobs: Vec<Job>) -> Page {
     }
 }
 
-/// Every seq this host works on, and the clients whose lease it holds.
-fn all_claimed(clients: &Mutex<HashMap<String, Holding>>) -> (Vec<i64>, Vec<String>) {
+/// Every seq this host works on, and the clients whose lease it holds and
+/// uses: one whose worker stopped (the client was removed from this host's
+/// config) no longer confirms it, and its lease runs out for the others.
+fn all_claimed(
+    clients: &Mutex<HashMap<String, Holding>>,
+    lease: Duration,
+) -> (Vec<i64>, Vec<String>) {
     let clients = clients.lock().unwrap();
     let seqs = clients
         .values()
@@ -484,7 +490,10 @@ fn all_claimed(clients: &Mutex<HashMap<String, Holding>>) -> (Vec<i64>, Vec<Stri
         .collect();
     let held = clients
         .iter()
-        .filter(|(_, h)| h.since.is_some() || !h.claimed.is_empty())
+        .filter(|(_, h)| {
+            !h.claimed.is_empty()
+                || (h.since.is_some() && h.confirmed.is_some_and(|t| t.elapsed() < lease))
+        })
         .map(|(id, _)| id.clone())
         .collect();
     (seqs, held)

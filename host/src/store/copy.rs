@@ -279,12 +279,14 @@ fn value(v: Value, col: Col) -> Result<Box<dyn ToSql + Sync + Send>> {
         (Value::Null, Col::Bool) => Box::new(None::<bool>),
         (Value::Integer(i), Col::Int) => Box::new(i),
         (Value::Integer(i), Col::Bool) => Box::new(i != 0),
-        (Value::Text(t), Col::Text) => Box::new(t),
+        (Value::Text(t), Col::Text) => Box::new(super::pg::text(&t).into_owned()),
         (Value::Blob(b), Col::Bytes) => Box::new(b),
         // SQLite is loose about types; the host writes text as text, but a
         // body may have gone in as text through an older path.
         (Value::Text(t), Col::Bytes) => Box::new(t.into_bytes()),
-        (Value::Blob(b), Col::Text) => Box::new(String::from_utf8(b)?),
+        (Value::Blob(b), Col::Text) => {
+            Box::new(super::pg::text(&String::from_utf8(b)?).into_owned())
+        }
         (v, _) => bail!("unexpected {:?}", v.data_type()),
     })
 }

@@ -3,8 +3,8 @@
 //! uploaded (stored by content hash, so several hosts can share them later).
 //!
 //! Each function runs on a connection it is handed: writes inside the writer's
-//! transaction ([`super::Store::write`]), reads on the API's own connection
-//! ([`super::Store::read`]). None of them knows HTTP or what a row means.
+//! transaction ([`super::sqlite::SqliteStore::write`]), reads on the API's own connection
+//! ([`super::sqlite::SqliteStore::read`]). None of them knows HTTP or what a row means.
 
 use rusqlite::{Connection, OptionalExtension, params};
 

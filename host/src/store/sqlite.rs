@@ -86,7 +86,7 @@ fn private_files(path: &std::path::Path) -> Result<()> {
 /// (it holds up the next commit) and must not call the store.
 pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
 
-/// A value a [`Store::write`] returns, through the writer thread.
+/// A value a [`SqliteStore::write`] returns, through the writer thread.
 type AnyValue = Box<dyn std::any::Any + Send>;
 /// A write from elsewhere than the event path.
 type AnyWrite = Box<dyn Fn(&Connection) -> rusqlite::Result<AnyValue> + Send>;
@@ -155,7 +155,7 @@ impl SqliteStore {
     }
 
     /// Runs `write` in the writer's next transaction; returns its result once
-    /// committed. For the few writes outside the event path (see [`access`]).
+    /// committed. For the few writes outside the event path (see `store/access.rs`).
     pub(super) async fn write<T: Send + 'static>(
         &self,
         write: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,

@@ -39,6 +39,8 @@ struct RecvState {
     statuses: Mutex<HashMap<String, Vec<u16>>>,
     delays: Mutex<HashMap<String, Duration>>,
     headers: Mutex<HashMap<String, Vec<(String, String)>>>,
+    /// Per path: the answer's body, instead of a line of text.
+    bodies: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request.
@@ -84,6 +86,9 @@ impl Receiver {
                     .get(&path)
                     .cloned()
                     .unwrap_or_default();
+                let body_out = st.bodies.lock().unwrap().get(&path).cloned();
+                let body_out =
+                    body_out.unwrap_or_else(|| b"answer from the test receiver".to_vec());
                 st.got.lock().unwrap().push(Got {
                     path,
                     headers,
@@ -94,8 +99,7 @@ impl Receiver {
                 for (k, v) in extra {
                     resp = resp.header(k, v);
                 }
-                resp.body(axum::body::Body::from("answer from the test receiver"))
-                    .unwrap()
+                resp.body(axum::body::Body::from(body_out)).unwrap()
             }
         });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -113,6 +117,15 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_string(), statuses.to_vec());
+    }
+
+    /// Answer with this body on `path` (binary, say).
+    pub fn set_body(&self, path: &str, body: &[u8]) {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), body.to_vec());
     }
 
     /// Add this header to every answer on `path`.

@@ -4,8 +4,11 @@
 //! statements pipelined on one connection. One commit — one WAL flush, one
 //! round trip for the lot — then covers many events, as the SQLite writer's
 //! group commit does; each caller still learns when *its* write is committed.
-//! Should one statement fail, the transaction is rolled back and each write
-//! runs again alone, so it fails alone.
+//! Should a statement fail, the transaction is rolled back and each write
+//! runs again alone, so it fails alone. Should anything else fail (the
+//! connection, the commit itself), every write of the batch is answered with
+//! the error: a commit whose outcome is unknown is not run twice here (the
+//! callers' own retries are at-least-once, as after a crash).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,25 +114,61 @@ async fn writer(pool: Pool, host: String, rx: Arc<Mutex<mpsc::UnboundedReceiver<
                     let _ = reply.send(Ok(d));
                 }
             }
-            Err(e) if batch.len() == 1 => {
-                let (_, reply) = batch.pop().expect("one");
-                let _ = reply.send(Err(e));
-            }
-            Err(_) => {
+            Err(Failed::Statement(e)) if batch.len() > 1 => {
+                tracing::warn!("a write of a batch failed ({e}); its writes run again one by one");
                 for (w, reply) in batch {
-                    let _ = reply.send(run(&pool, &host, &[&w]).await.map(|mut d| d.remove(0)));
+                    let alone = run(&pool, &host, &[&w]).await;
+                    let _ = reply.send(alone.map(|mut d| d.remove(0)).map_err(Failed::into));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Postgres(e.clone())));
                 }
             }
         }
     }
 }
 
+/// Why a batch did not commit.
+enum Failed {
+    /// The database refused a statement (nothing was committed): the
+    /// others may go without it.
+    Statement(StoreError),
+    /// Anything else: no connection, or the commit's outcome is unknown.
+    Other(StoreError),
+}
+
+impl From<Failed> for StoreError {
+    fn from(f: Failed) -> StoreError {
+        match f {
+            Failed::Statement(e) | Failed::Other(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Statement(e) | Failed::Other(e) => e.fmt(f),
+        }
+    }
+}
+
 /// `writes` in one transaction, pipelined; each one's result, in order.
-async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, StoreError> {
-    let mut conn = pool.get().await?;
-    let tx = conn.transaction().await?;
-    let ingest = tx.prepare_cached(INGEST).await?;
-    let complete = tx.prepare_cached(COMPLETE).await?;
+async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, Failed> {
+    let other = |e: StoreError| Failed::Other(e);
+    let mut conn = pool.get().await.map_err(|e| other(e.into()))?;
+    let tx = conn.transaction().await.map_err(|e| other(e.into()))?;
+    let ingest = tx
+        .prepare_cached(INGEST)
+        .await
+        .map_err(|e| other(e.into()))?;
+    let complete = tx
+        .prepare_cached(COMPLETE)
+        .await
+        .map_err(|e| other(e.into()))?;
     let each = writes.iter().map(|w| async {
         match w {
             Write::Ingest { event, deliveries } => ingest_rows(&*tx, &ingest, event, deliveries)
@@ -141,9 +180,22 @@ async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, St
             }
         }
     });
-    let done = futures_util::future::try_join_all(each).await?;
-    tx.commit().await?;
+    let done = futures_util::future::try_join_all(each)
+        .await
+        .map_err(|e| match &e {
+            StoreError::Postgres(_) if is_statement(&e) => Failed::Statement(e),
+            _ => Failed::Other(e),
+        })?;
+    tx.commit().await.map_err(|e| other(e.into()))?;
     Ok(done)
+}
+
+/// Whether a statement's error came from the database refusing it (a SQLSTATE),
+/// not from the connection.
+fn is_statement(e: &StoreError) -> bool {
+    // StoreError keeps the server's code first ("22021: …"); a lost
+    // connection has none.
+    matches!(e, StoreError::Postgres(m) if m.len() > 6 && m.as_bytes()[5] == b':' && m[..5].bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// Inserts an event and its deliveries (one statement); their seqs, in order.
@@ -159,8 +211,8 @@ pub(super) async fn ingest_rows(
         .query(
             stmt,
             &[
-                &event.id,
-                &event.name,
+                &text(&event.id),
+                &text(&event.name),
                 &&event.raw[..],
                 &event.received_at,
                 &ids,
@@ -172,21 +224,34 @@ pub(super) async fn ingest_rows(
     Ok(deliveries.iter().map(|d| seq_of[&d.id]).collect())
 }
 
-static NO_TEXT: Option<String> = None;
+/// Text as PostgreSQL takes it: it refuses the NUL character (SQLite keeps
+/// it), which a receiver's answer or a plugin's reason may hold; U+FFFD in
+/// its place, as for any other byte that is not text.
+pub fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
 
 /// The parameters of [`COMPLETE`].
 struct CompleteArgs<'a> {
     u: &'a Update,
+    reason: Option<std::borrow::Cow<'a, str>>,
+    error_kind: Option<std::borrow::Cow<'a, str>>,
+    error: Option<std::borrow::Cow<'a, str>>,
+    response: Option<std::borrow::Cow<'a, str>>,
     host: &'a str,
     state: &'static str,
     has_attempt: bool,
     now: i64,
     attempted: i64,
     rendered: bool,
-    content_type: Option<&'a str>,
+    content_type: Option<std::borrow::Cow<'a, str>>,
     headers: Option<String>,
     body: Option<&'a [u8]>,
-    plugin: Option<&'a str>,
+    plugin: Option<std::borrow::Cow<'a, str>>,
     started_at: i64,
     duration_ms: i64,
     status: Option<i64>,
@@ -208,16 +273,20 @@ impl<'a> CompleteArgs<'a> {
         let a = u.attempt.as_ref();
         CompleteArgs {
             u,
+            reason: u.reason.as_deref().map(text),
+            error_kind: a.and_then(|a| a.error_kind.as_deref()).map(text),
+            error: a.and_then(|a| a.error.as_deref()).map(text),
+            response: a.and_then(|a| a.response.as_deref()).map(text),
             host,
             state: u.state.as_str(),
             has_attempt: u.attempt.is_some(),
             now: now_ms(),
             attempted: u.attempt.is_some() as i64,
             rendered,
-            content_type,
+            content_type: content_type.map(text),
             headers,
             body,
-            plugin,
+            plugin: plugin.map(text),
             started_at: a.map_or(0, |a| a.started_at),
             duration_ms: a.map_or(0, |a| a.duration_ms),
             status: a.and_then(|a| a.status).map(i64::from),
@@ -225,11 +294,10 @@ impl<'a> CompleteArgs<'a> {
     }
 
     fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let a = self.u.attempt.as_ref();
         vec![
             &self.u.seq,
             &self.state,
-            &self.u.reason,
+            &self.reason,
             &self.u.next_attempt_at,
             &self.now,
             &self.attempted,
@@ -241,9 +309,9 @@ impl<'a> CompleteArgs<'a> {
             &self.started_at,
             &self.duration_ms,
             &self.status,
-            a.map_or(&NO_TEXT, |a| &a.error_kind),
-            a.map_or(&NO_TEXT, |a| &a.error),
-            a.map_or(&NO_TEXT, |a| &a.response),
+            &self.error_kind,
+            &self.error,
+            &self.response,
             &self.has_attempt,
             &self.host,
         ]

@@ -17,6 +17,8 @@ mod access;
 mod batch;
 mod schema;
 
+pub use batch::text;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -85,6 +87,11 @@ impl PgStore {
         // A connection that died without a word (a network cut) is noticed
         // in seconds, not hours: the listening one above all.
         config.keepalives_idle(Duration::from_secs(10));
+        config.connect_timeout(Duration::from_secs(10));
+        // A host cut off inside a transaction must not hold its row locks
+        // until the server's own keepalive gives up (hours): the server ends
+        // such a session.
+        config.options("-c idle_in_transaction_session_timeout=60s");
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -94,6 +101,11 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL)
+            // Waiting for a connection is bounded: an unreachable database
+            // is an error to report, not a hang.
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
             .build()
             .context("cannot make the PostgreSQL pool")?;
         let shown = shown(&config);
