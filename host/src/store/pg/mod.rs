@@ -38,8 +38,10 @@ use batch::{Batcher, Done, Write};
 /// host's own clock.
 const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-/// Connections per host: the ingests, the workers' claims and outcomes, the API.
+/// Connections per host: the ingests and outcomes, the API.
 const POOL: usize = 16;
+/// Connections per host for the lease traffic (claims, renewals).
+const LEASE_POOL: usize = 8;
 
 /// The columns a claim returns, in the order [`job`] reads them.
 const JOB_COLUMNS: &str = "d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, \
@@ -65,6 +67,8 @@ struct Inner {
     signals: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// The event path's writes, gathered.
     batcher: Batcher,
+    /// Connections for the lease traffic (see [`PgStore::lease_conn`]).
+    leases: Pool,
 }
 
 /// What a claim looks for.
@@ -92,22 +96,10 @@ impl PgStore {
         // until the server's own keepalive gives up (hours): the server ends
         // such a session.
         config.options("-c idle_in_transaction_session_timeout=60s");
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL)
-            // Waiting for a connection is bounded: an unreachable database
-            // is an error to report, not a hang.
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .context("cannot make the PostgreSQL pool")?;
+        let pool = pool_of(config.clone(), POOL)?;
+        let mut fast = config.clone();
+        fast.options("-c idle_in_transaction_session_timeout=60s -c synchronous_commit=off");
+        let leases = pool_of(fast, LEASE_POOL)?;
         let shown = shown(&config);
         let mut first = pool
             .get()
@@ -122,6 +114,7 @@ impl PgStore {
         let store = PgStore(Arc::new(Inner {
             signals: as_host.then_some(signals),
             batcher: Batcher::start(pool.clone(), host.clone()),
+            leases,
             pool,
             host,
             lease_ms: lease.as_millis() as i64,
@@ -181,6 +174,16 @@ impl PgStore {
 
     async fn conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
         Ok(self.0.pool.get().await?)
+    }
+
+    /// A connection for the lease traffic (claims, renewals, releases, the
+    /// sweep): its commits do not wait for the disk. A lease lost in a crash
+    /// of the database only makes a delivery claimable again — the
+    /// at-least-once rule covers it — while every outcome's and every
+    /// ingest's commit, which flushes the log, makes the leases before it
+    /// durable too. Claims are then as cheap as reads.
+    async fn lease_conn(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.0.leases.get().await?)
     }
 
     /// A pooled connection, for `hookwasm migrate`'s copy.
@@ -367,7 +370,7 @@ impl PgStore {
     /// host holds it, or the client is disabled (a pause made on any host
     /// stops every host's claims).
     pub async fn hold_client(&self, client: &str) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         let stmt = conn
             .prepare_cached(&format!(
                 "INSERT INTO client_leases (client_id, owner, until) \
@@ -396,7 +399,7 @@ impl PgStore {
 
     /// Gives up the lease on `client`'s work and tells the other hosts.
     pub async fn drop_client(&self, client: &str) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         conn.execute(
             "WITH d AS (DELETE FROM client_leases WHERE client_id = $1 AND owner = $2) \
              SELECT pg_notify('hookwasm_work', $1)",
@@ -414,7 +417,7 @@ impl PgStore {
         kind: Claim<'_>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
         let (filter, order) = match kind {
             // Not past a pending row another host still leases (its lease on
@@ -467,7 +470,7 @@ impl PgStore {
 
     /// Ends this host's leases on `seqs` without any other change.
     pub async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         conn.execute(
             "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY($1) AND lease_owner = $2",
             &[&seqs, &self.0.host],
@@ -485,7 +488,7 @@ impl PgStore {
     /// skipped, not waited for: waiting could deadlock with that transaction,
     /// and its outcome ends the lease anyway.
     pub async fn renew(&self, seqs: &[i64], clients: &[String]) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         let (host, lease) = (&self.0.host, &self.0.lease_ms);
         conn.execute(
             &format!(
@@ -507,7 +510,7 @@ impl PgStore {
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         let name = format!(
             "{}:{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "hookwasm".into()),
@@ -532,7 +535,7 @@ impl PgStore {
 
     /// How many other hosts renewed their heartbeat within a lease.
     pub async fn other_hosts(&self) -> Result<i64, StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         Ok(conn
             .query_one(
                 &format!(
@@ -566,7 +569,7 @@ impl PgStore {
     /// clients with pending work no live host holds (its host died, or a
     /// signal was lost).
     pub async fn sweep(&self) -> Result<(DueRetries, Vec<String>, Vec<String>), StoreError> {
-        let conn = self.conn().await?;
+        let conn = self.lease_conn().await?;
         let retries = conn
             .query(
                 "SELECT client_id, MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' GROUP BY client_id",
@@ -681,6 +684,25 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// A pool of connections made with `config`. Waiting for one is bounded: an
+/// unreachable database is an error to report, not a hang.
+fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .context("cannot make the PostgreSQL pool")
 }
 
 /// A claimed row as a job; its event parsed once here, as SQLite's loaders do.
