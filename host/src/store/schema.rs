@@ -236,18 +236,13 @@ pub fn apply_update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
         )?
         .execute(params![u.seq, a.started_at, a.duration_ms, a.status, a.error_kind, a.error, a.response])?;
     }
-    let (rendered, content_type, headers, body, plugin) = match &u.render {
-        // A body equal to the event's own is not stored twice (NULL means "the
-        // event's body"): passthrough plugins and plugin-less clients cost nothing.
-        Some(r) => (
-            true,
-            r.request.content_type.as_deref(),
-            Some(serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into())),
-            (!u.render_is_event_body).then_some(&r.request.body[..]),
-            r.plugin.as_deref().or(u.plugin.as_deref()),
-        ),
-        None => (false, None, None, None, u.plugin.as_deref()),
-    };
+    let RenderColumns {
+        rendered,
+        content_type,
+        headers,
+        body,
+        plugin,
+    } = RenderColumns::of(u);
     tx.prepare_cached(
         "UPDATE deliveries SET state = ?2, reason = ?3, next_attempt_at = ?4, updated_at = ?5, \
          attempts = attempts + ?6, plugin = COALESCE(?7, plugin), rendered = rendered OR ?8, \
@@ -270,6 +265,42 @@ pub fn apply_update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
         body,
     ])?;
     Ok(())
+}
+
+/// What an update stores of its rendering, in both back ends' columns.
+pub(super) struct RenderColumns<'a> {
+    pub rendered: bool,
+    pub content_type: Option<&'a str>,
+    /// The headers as JSON.
+    pub headers: Option<String>,
+    /// `None`: the event's own body went out.
+    pub body: Option<&'a [u8]>,
+    pub plugin: Option<&'a str>,
+}
+
+impl<'a> RenderColumns<'a> {
+    pub fn of(u: &'a Update) -> RenderColumns<'a> {
+        match &u.render {
+            // A body equal to the event's own is not stored twice (NULL means "the
+            // event's body"): passthrough plugins and plugin-less clients cost nothing.
+            Some(r) => RenderColumns {
+                rendered: true,
+                content_type: r.request.content_type.as_deref(),
+                headers: Some(
+                    serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into()),
+                ),
+                body: (!u.render_is_event_body).then_some(&r.request.body[..]),
+                plugin: r.plugin.as_deref().or(u.plugin.as_deref()),
+            },
+            None => RenderColumns {
+                rendered: false,
+                content_type: None,
+                headers: None,
+                body: None,
+                plugin: u.plugin.as_deref(),
+            },
+        }
+    }
 }
 
 pub fn set_client(

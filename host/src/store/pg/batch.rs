@@ -259,17 +259,13 @@ struct CompleteArgs<'a> {
 
 impl<'a> CompleteArgs<'a> {
     fn of(u: &'a Update, host: &'a str) -> CompleteArgs<'a> {
-        let (rendered, content_type, headers, body, plugin) = match &u.render {
-            // As in SQLite: NULL is "the event's own body", stored once.
-            Some(r) => (
-                true,
-                r.request.content_type.as_deref(),
-                Some(serde_json::to_string(&r.request.headers).unwrap_or_else(|_| "[]".into())),
-                (!u.render_is_event_body).then_some(&r.request.body[..]),
-                r.plugin.as_deref().or(u.plugin.as_deref()),
-            ),
-            None => (false, None, None, None, u.plugin.as_deref()),
-        };
+        let crate::store::schema::RenderColumns {
+            rendered,
+            content_type,
+            headers,
+            body,
+            plugin,
+        } = crate::store::schema::RenderColumns::of(u);
         let a = u.attempt.as_ref();
         CompleteArgs {
             u,
