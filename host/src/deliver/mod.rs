@@ -297,7 +297,19 @@ impl Dispatcher {
                 health.failing_since = None;
             }
         };
-        let worker = self.workers.read().unwrap().get(id).cloned();
+        let mut worker = self.workers.read().unwrap().get(id).cloned();
+        // Without a worker, the change goes to the store, and a worker being
+        // made at this moment (a client just created) may have read its health
+        // from there already: under the reconcile lock no worker is being made,
+        // and the change is committed before the next one is.
+        let _no_new_worker = match worker {
+            Some(_) => None,
+            None => {
+                let one = self.reconciling.lock().await;
+                worker = self.workers.read().unwrap().get(id).cloned();
+                Some(one)
+            }
+        };
         match worker {
             // Changed and sent to the store under the worker's own lock, so an
             // attempt's health update cannot come in between and undo it.

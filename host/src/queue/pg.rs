@@ -16,10 +16,19 @@
 //! signals the others (and stays away for [`GRACE`]). The new holder claims
 //! in seq order from what is left, so first attempts keep their order.
 //!
+//! A claim costs a statement, and under load most fresh work is this host's
+//! own ingests for clients it holds: those are leased to it by the ingest's
+//! own statement and handed to the worker in memory (the client's inbox),
+//! parsed already — unless a pending delivery of that client lies outside
+//! this host's leases, which must go first (see `store/pg/batch.rs`). So the
+//! inbox never runs ahead of older work; whatever stops this host from
+//! working on a client (a handover, a pause, a release) gives the inbox's
+//! deliveries back to the store, where the next claim finds them in order.
+//!
 //! Outcomes are committed before `complete` returns; parking, releasing and
 //! health go through one background writer in order, and `flush` waits for it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,16 +53,32 @@ const GRACE: Duration = Duration::from_millis(500);
 /// made on another host stops this one's claims within this long (or a third
 /// of a lease, when that is shorter: a confirmation must not outlive it).
 const CONFIRMED: Duration = Duration::from_secs(1);
+/// Deliveries a client's inbox holds at most: beyond, ingests leave their
+/// deliveries to claims, which read them from the store when the worker
+/// catches up.
+const INBOX: usize = 4096;
 
 pub struct PgQueue {
     store: PgStore,
     clients: Arc<Mutex<HashMap<String, Holding>>>,
-    later: mpsc::UnboundedSender<Later>,
-    /// Writes given to the background writer, and how many it has done.
-    sent: AtomicU64,
+    writes: Arc<Writes>,
     done: watch::Receiver<u64>,
     /// Other live hosts, as of the last renewal.
     others: Arc<AtomicI64>,
+}
+
+/// The way to the background writer.
+struct Writes {
+    later: mpsc::UnboundedSender<Later>,
+    /// Writes given to the background writer (it counts those it has done).
+    sent: AtomicU64,
+}
+
+impl Writes {
+    fn send(&self, op: Later) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let _ = self.later.send(op);
+    }
 }
 
 /// This host's side of one client.
@@ -67,8 +92,35 @@ struct Holding {
     draining: bool,
     /// When this host last handed the client over.
     yielded: Option<Instant>,
-    /// Deliveries claimed and not yet recorded.
+    /// Deliveries claimed and not yet recorded (the inbox's among them).
     claimed: HashSet<i64>,
+    /// Fresh deliveries this host's ingests leased to it, in commit order,
+    /// not yet handed to the worker.
+    inbox: VecDeque<Job>,
+}
+
+impl Holding {
+    /// Whether an ingest may lease this client's deliveries to this host:
+    /// it holds the client, confirmed within a renewal period, and keeps it.
+    /// (A pause made elsewhere is seen by the worker's next claim, which
+    /// confirms the lease each [`CONFIRMED`] and gives the inbox back when
+    /// refused; an ingest must not fall back to claims for lack of one.)
+    fn takes_in(&self, lease: Duration) -> bool {
+        self.since.is_some()
+            && self.confirmed.is_some_and(|t| t.elapsed() < lease / 3)
+            && !self.draining
+            && self.inbox.len() < INBOX
+    }
+
+    /// Empties the inbox: its deliveries' seqs, no longer claimed here, for
+    /// the store to release.
+    fn give_back(&mut self) -> Vec<i64> {
+        let seqs: Vec<i64> = self.inbox.drain(..).map(|j| j.seq).collect();
+        for s in &seqs {
+            self.claimed.remove(s);
+        }
+        seqs
+    }
 }
 
 /// What [`PgQueue::may_claim`] decided under its lock.
@@ -124,8 +176,10 @@ impl PgQueue {
         let queue = PgQueue {
             store,
             clients: Arc::default(),
-            later,
-            sent: AtomicU64::new(0),
+            writes: Arc::new(Writes {
+                later,
+                sent: AtomicU64::new(0),
+            }),
             done,
             others: Arc::default(),
         };
@@ -163,8 +217,51 @@ impl PgQueue {
     }
 
     fn send(&self, op: Later) {
-        self.sent.fetch_add(1, Ordering::SeqCst);
-        let _ = self.later.send(op);
+        self.writes.send(op);
+    }
+
+    /// Releases `seqs` (an inbox given back), if any.
+    fn give_back(&self, seqs: Vec<i64>) {
+        if !seqs.is_empty() {
+            self.send(Later::Release(seqs));
+        }
+    }
+
+    /// Right after an ingest's commit: the deliveries leased to this host go
+    /// to their clients' inboxes, unless this host stopped taking the client
+    /// meanwhile (then they are released, for whoever claims next).
+    fn take_in(
+        clients: &Mutex<HashMap<String, Holding>>,
+        writes: &Writes,
+        event: &Arc<Event>,
+        deliveries: &[NewDelivery],
+        rows: &[(i64, bool)],
+    ) {
+        let mut back = Vec::new();
+        let mut clients = clients.lock().unwrap();
+        for (d, &(seq, leased)) in deliveries.iter().zip(rows) {
+            if !leased {
+                continue;
+            }
+            match clients.get_mut(&d.client_id) {
+                Some(h) if h.since.is_some() && !h.draining => {
+                    h.claimed.insert(seq);
+                    h.inbox.push_back(Job {
+                        seq,
+                        id: d.id.clone(),
+                        client_id: d.client_id.clone(),
+                        event: event.clone(),
+                        attempts: 0,
+                        rendered: None,
+                    });
+                }
+                _ => back.push(seq),
+            }
+        }
+        drop(clients);
+        if !back.is_empty() {
+            writes.send(Later::Release(back));
+        }
     }
 
     /// Whether this host may claim `client`'s work now: it holds (or has just
@@ -213,6 +310,9 @@ impl PgQueue {
             if !held {
                 h.since = None;
                 h.confirmed = None;
+                let back = h.give_back();
+                drop(clients);
+                self.give_back(back);
                 return false;
             }
             let now = Instant::now();
@@ -238,6 +338,8 @@ impl PgQueue {
         let long = h.since.is_some_and(|t| t.elapsed() >= HOLD);
         if long && self.others.load(Ordering::Relaxed) > 0 {
             h.draining = true;
+            // Not attempted yet: the next holder takes them, in order.
+            self.give_back(h.give_back());
             if h.claimed.is_empty() {
                 return Next::HandOver;
             }
@@ -297,6 +399,17 @@ impl PgQueue {
         if !self.may_claim(client).await {
             return Vec::new();
         }
+        if let Claim::Fresh = kind {
+            // The inbox holds the oldest fresh work this host may take (see
+            // the header); the store is asked only once it is empty.
+            let mut clients = self.clients.lock().unwrap();
+            if let Some(h) = clients.get_mut(client)
+                && !h.inbox.is_empty()
+            {
+                let n = limit.min(h.inbox.len());
+                return h.inbox.drain(..n).collect();
+            }
+        }
         match self.store.claim(client, kind, limit).await {
             Ok(jobs) => self.claimed(client, jobs),
             Err(e) => {
@@ -322,7 +435,25 @@ impl Queue for PgQueue {
     ) -> BoxFuture<'_, Result<Ingested, QueueError>> {
         async move {
             let clients: Vec<String> = deliveries.iter().map(|d| d.client_id.clone()).collect();
-            let ingested = self.store.ingest(event, deliveries, dedup.as_ref()).await?;
+            let lease = self.store.lease();
+            let mine: Vec<bool> = {
+                let holding = self.clients.lock().unwrap();
+                deliveries
+                    .iter()
+                    .map(|d| holding.get(&d.client_id).is_some_and(|h| h.takes_in(lease)))
+                    .collect()
+            };
+            let after = mine.contains(&true).then(|| {
+                let (holding, writes) = (self.clients.clone(), self.writes.clone());
+                let (event, deliveries) = (event.clone(), deliveries.clone());
+                Box::new(move |rows: &[(i64, bool)]| {
+                    Self::take_in(&holding, &writes, &event, &deliveries, rows)
+                }) as crate::store::pg::AfterCommit
+            });
+            let ingested = self
+                .store
+                .ingest(event, deliveries, dedup.as_ref(), mine, after)
+                .await?;
             // The signal wakes every host's workers; this host's need not wait for it.
             if matches!(ingested, Ingested::Stored(_)) {
                 for c in &clients {
@@ -408,14 +539,22 @@ impl Queue for PgQueue {
     }
 
     fn release(&self, client: &str, jobs: &[Job]) {
-        let seqs: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+        let mut seqs: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+        // A released fresh delivery is claimed again before any later one:
+        // the inbox's, later ones, go back to the store with it.
+        if let Some(h) = self.clients.lock().unwrap().get_mut(client) {
+            seqs.extend(h.give_back());
+        }
         self.send(Later::Release(seqs.clone()));
         self.ended(client, seqs);
         self.store.waker(client).notify_one();
     }
 
     fn forget(&self, client: &str) {
-        self.clients.lock().unwrap().remove(client);
+        let held = self.clients.lock().unwrap().remove(client);
+        if let Some(mut h) = held {
+            self.give_back(h.give_back());
+        }
         self.store.forget(client);
         let (store, client) = (self.store.clone(), client.to_string());
         tokio::spawn(async move {
@@ -460,7 +599,7 @@ impl Queue for PgQueue {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         async move {
-            let target = self.sent.load(Ordering::SeqCst);
+            let target = self.writes.sent.load(Ordering::SeqCst);
             let mut done = self.done.clone();
             let _ = done.wait_for(|n| *n >= target).await;
         }

@@ -295,7 +295,8 @@ impl PgStore {
         let conn = self.conn().await?;
         let mut by_state: Vec<(String, i64)> = conn
             .query(
-                "SELECT state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'held', 'plugin_error') GROUP BY state",
+                "SELECT 'pending', COUNT(*) FROM deliveries WHERE state = 'pending' HAVING COUNT(*) > 0 \
+                 UNION ALL SELECT state, COUNT(*) FROM deliveries WHERE state IN ('held', 'plugin_error') GROUP BY state",
                 &[],
             )
             .await?
@@ -312,7 +313,7 @@ impl PgStore {
         by_state.push(("retrying".into(), retrying));
         let oldest: Option<i64> = conn
             .query_one(
-                "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND state IN ('pending', 'held', 'plugin_error')",
+                "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending'",
                 &[],
             )
             .await?

@@ -25,13 +25,35 @@ use crate::store::StoreError;
 /// Writes taken into one transaction at most.
 const MAX_BATCH: usize = 512;
 /// Transactions in flight at once: while one commits, the next gathers.
-const WRITERS: usize = 3;
+pub(super) const WRITERS: usize = 3;
 
-pub(super) const INGEST: &str = "WITH e AS (INSERT INTO events (id, name, body, received_at) VALUES ($1, $2, $3, $4) RETURNING seq) \
-     INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at) \
-     SELECT d.id, e.seq, d.client_id, 'pending', $4, $4 \
-     FROM e, unnest($5::text[], $6::text[]) WITH ORDINALITY AS d(id, client_id, n) ORDER BY d.n \
-     RETURNING seq, id";
+/// How the writers' statements are planned: see [`super::PgStore::open`].
+pub(super) const PLANS: &str = "plan_cache_mode=force_generic_plan";
+
+/// An event and its deliveries. A delivery this host asks for ($7, its
+/// client's lease held here) is leased to it ($8, for $9 ms) at once, to be
+/// handed to its worker without a claim — unless some pending delivery of
+/// that client lies outside this host's leases (another host's ingest not
+/// yet claimed, a dead host's work, one given back): then order asks that
+/// those go first, and this one waits for a claim like them. The question is
+/// three ranges of `deliveries_fresh`, each read only up to its first live
+/// row: one range with `OR` (`!=`) would be read whole.
+pub(super) const INGEST: &str = concat!(
+    "WITH e AS (INSERT INTO events (id, name, body, received_at) VALUES ($1, $2, $3, $4) RETURNING seq) \
+     INSERT INTO deliveries (id, event_seq, client_id, state, created_at, updated_at, lease_owner, lease_until) \
+     SELECT d.id, e.seq, d.client_id, 'pending', $4, $4, \
+       CASE WHEN f.ok THEN $8 END, CASE WHEN f.ok THEN ",
+    now_sql!(),
+    " + $9 END \
+     FROM e, unnest($5::text[], $6::text[], $7::bool[]) WITH ORDINALITY AS d(id, client_id, mine, n) \
+     CROSS JOIN LATERAL (SELECT CASE WHEN d.mine THEN NOT ( \
+       EXISTS (SELECT 1 FROM deliveries o WHERE o.client_id = d.client_id AND o.state = 'pending' AND o.lease_owner IS NULL) \
+       OR EXISTS (SELECT 1 FROM deliveries o WHERE o.client_id = d.client_id AND o.state = 'pending' AND o.lease_owner < $8) \
+       OR EXISTS (SELECT 1 FROM deliveries o WHERE o.client_id = d.client_id AND o.state = 'pending' AND o.lease_owner > $8)) \
+       ELSE false END OFFSET 0) AS f(ok) \
+     ORDER BY d.n \
+     RETURNING seq, id, lease_owner IS NOT NULL"
+);
 
 /// An outcome and its attempt, the lease ended; only by the lease's owner
 /// ($19): a host whose lease ran out records its attempt but leaves the state.
@@ -51,13 +73,21 @@ pub(super) enum Write {
     Ingest {
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
+        /// Per delivery: lease it to this host at once, if order allows.
+        mine: Vec<bool>,
+        /// Runs right after the commit, before the writer's next commit.
+        after: Option<AfterCommit>,
     },
     Complete(Box<Update>),
 }
 
+/// Told, right after an ingest's commit, each delivery's seq and whether it
+/// is leased to this host: work handed out from here stays in commit order.
+pub type AfterCommit = Box<dyn FnOnce(&[(i64, bool)]) + Send + Sync>;
+
 pub(super) enum Done {
-    /// The seqs of the event's deliveries, in order.
-    Stored(Vec<i64>),
+    /// The event's deliveries, in order: seq, and leased to this host.
+    Stored(Vec<(i64, bool)>),
     /// Rows the outcome changed: 0 when the lease was lost.
     Completed(u64),
 }
@@ -69,11 +99,11 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(pool: Pool, host: String) -> Batcher {
+    pub fn start(pool: Pool, host: String, lease_ms: i64) -> Batcher {
         let (queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..WRITERS {
-            tokio::spawn(writer(pool.clone(), host.clone(), rx.clone()));
+            tokio::spawn(writer(pool.clone(), host.clone(), lease_ms, rx.clone()));
         }
         Batcher { queue }
     }
@@ -88,7 +118,12 @@ impl Batcher {
     }
 }
 
-async fn writer(pool: Pool, host: String, rx: Arc<Mutex<mpsc::UnboundedReceiver<(Write, Reply)>>>) {
+async fn writer(
+    pool: Pool,
+    host: String,
+    lease_ms: i64,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<(Write, Reply)>>>,
+) {
     loop {
         let mut batch = Vec::new();
         {
@@ -107,18 +142,24 @@ async fn writer(pool: Pool, host: String, rx: Arc<Mutex<mpsc::UnboundedReceiver<
         }
         let began = std::time::Instant::now();
         let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
-        match run(&pool, &host, &writes).await {
+        match run(&pool, (&host, lease_ms), &writes).await {
             Ok(done) => {
                 crate::metrics::store_commit(began.elapsed(), batch.len());
-                for ((_, reply), d) in batch.into_iter().zip(done) {
+                for ((w, reply), d) in batch.into_iter().zip(done) {
+                    committed(w, &d);
                     let _ = reply.send(Ok(d));
                 }
             }
             Err(Failed::Statement(e)) if batch.len() > 1 => {
                 tracing::warn!("a write of a batch failed ({e}); its writes run again one by one");
                 for (w, reply) in batch {
-                    let alone = run(&pool, &host, &[&w]).await;
-                    let _ = reply.send(alone.map(|mut d| d.remove(0)).map_err(Failed::into));
+                    let alone = run(&pool, (&host, lease_ms), &[&w])
+                        .await
+                        .map(|mut d| d.remove(0));
+                    if let Ok(d) = &alone {
+                        committed(w, d);
+                    }
+                    let _ = reply.send(alone.map_err(Failed::into));
                 }
             }
             Err(e) => {
@@ -128,6 +169,19 @@ async fn writer(pool: Pool, host: String, rx: Arc<Mutex<mpsc::UnboundedReceiver<
                 }
             }
         }
+    }
+}
+
+/// Runs a committed ingest's [`AfterCommit`].
+fn committed(w: Write, done: &Done) {
+    if let (
+        Write::Ingest {
+            after: Some(after), ..
+        },
+        Done::Stored(rows),
+    ) = (w, done)
+    {
+        after(rows);
     }
 }
 
@@ -157,7 +211,11 @@ impl std::fmt::Display for Failed {
 }
 
 /// `writes` in one transaction, pipelined; each one's result, in order.
-async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, Failed> {
+async fn run(
+    pool: &Pool,
+    (host, lease_ms): (&str, i64),
+    writes: &[&Write],
+) -> Result<Vec<Done>, Failed> {
     let other = |e: StoreError| Failed::Other(e);
     let mut conn = pool.get().await.map_err(|e| other(e.into()))?;
     let tx = conn.transaction().await.map_err(|e| other(e.into()))?;
@@ -171,7 +229,12 @@ async fn run(pool: &Pool, host: &str, writes: &[&Write]) -> Result<Vec<Done>, Fa
         .map_err(|e| other(e.into()))?;
     let each = writes.iter().map(|w| async {
         match w {
-            Write::Ingest { event, deliveries } => ingest_rows(&*tx, &ingest, event, deliveries)
+            Write::Ingest {
+                event,
+                deliveries,
+                mine,
+                ..
+            } => ingest_rows(&*tx, &ingest, (host, lease_ms), event, deliveries, mine)
                 .await
                 .map(Done::Stored),
             Write::Complete(u) => {
@@ -198,13 +261,16 @@ fn is_statement(e: &StoreError) -> bool {
     matches!(e, StoreError::Postgres(m) if m.len() > 6 && m.as_bytes()[5] == b':' && m[..5].bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// Inserts an event and its deliveries (one statement); their seqs, in order.
+/// Inserts an event and its deliveries (one statement, [`INGEST`]); their
+/// seqs, in order, and whether each is leased to `host`.
 pub(super) async fn ingest_rows(
     client: &impl GenericClient,
     stmt: &tokio_postgres::Statement,
+    (host, lease_ms): (&str, i64),
     event: &Event,
     deliveries: &[NewDelivery],
-) -> Result<Vec<i64>, StoreError> {
+    mine: &[bool],
+) -> Result<Vec<(i64, bool)>, StoreError> {
     let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
     let clients: Vec<&str> = deliveries.iter().map(|d| d.client_id.as_str()).collect();
     let rows = client
@@ -217,10 +283,16 @@ pub(super) async fn ingest_rows(
                 &event.received_at,
                 &ids,
                 &clients,
+                &mine,
+                &host,
+                &lease_ms,
             ],
         )
         .await?;
-    let seq_of: HashMap<String, i64> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    let seq_of: HashMap<String, (i64, bool)> = rows
+        .iter()
+        .map(|r| (r.get(1), (r.get(0), r.get(2))))
+        .collect();
     Ok(deliveries.iter().map(|d| seq_of[&d.id]).collect())
 }
 

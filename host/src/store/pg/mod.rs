@@ -13,11 +13,19 @@
 //! `FOR UPDATE SKIP LOCKED` with a lease in the database's clock; the queue
 //! (`queue/pg.rs`) decides what to claim and when.
 
+/// The database's clock in ms, as SQL: leases are compared with it, never
+/// with a host's own clock. A macro, for statements put together by `concat!`.
+macro_rules! now_sql {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+
 mod access;
 mod batch;
 mod schema;
 
-pub use batch::text;
+pub use batch::{AfterCommit, text};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -34,9 +42,8 @@ use crate::event::Event;
 use crate::model::{Job, NewDelivery, Rendered, StoredRender, Update, now_ms};
 use batch::{Batcher, Done, Write};
 
-/// The database's clock in ms: leases are compared with it, never with a
-/// host's own clock.
-const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The database's clock in ms (see [`now_sql`]).
+const NOW: &str = now_sql!();
 
 /// Connections per host: the ingests and outcomes, the API.
 const POOL: usize = 16;
@@ -100,6 +107,16 @@ impl PgStore {
         let mut fast = config.clone();
         fast.options("-c idle_in_transaction_session_timeout=60s -c synchronous_commit=off");
         let leases = pool_of(fast, LEASE_POOL)?;
+        // The event path's writes plan their statements once per connection:
+        // left to choose, PostgreSQL planned every ingest afresh (an array's
+        // length is known only to a custom plan, so the generic one looked
+        // dearer), which cost more of its CPU than running them.
+        let mut writes = config.clone();
+        writes.options(format!(
+            "-c idle_in_transaction_session_timeout=60s -c {}",
+            batch::PLANS
+        ));
+        let writes = pool_of(writes, batch::WRITERS)?;
         let shown = shown(&config);
         let mut first = pool
             .get()
@@ -113,7 +130,7 @@ impl PgStore {
         let (signals, pending) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore(Arc::new(Inner {
             signals: as_host.then_some(signals),
-            batcher: Batcher::start(pool.clone(), host.clone()),
+            batcher: Batcher::start(writes, host.clone(), lease.as_millis() as i64),
             leases,
             pool,
             host,
@@ -197,29 +214,44 @@ impl PgStore {
 
     /// Stores `event` and its deliveries, with the de-duplication key when
     /// asked, and signals the clients' workers. Without a key the write
-    /// shares a transaction with others (see `batch.rs`).
+    /// shares a transaction with others (see `batch.rs`). The deliveries
+    /// `mine` says are leased to this host at once where order allows
+    /// ([`batch::INGEST`]); `after` learns which, right after the commit.
     pub async fn ingest(
         &self,
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
         dedup: Option<&(String, i64)>,
+        mine: Vec<bool>,
+        after: Option<AfterCommit>,
     ) -> Result<Ingested, StoreError> {
         let clients: Vec<String> = deliveries.iter().map(|d| d.client_id.clone()).collect();
-        let seqs = match dedup {
+        let rows = match dedup {
             None => match self
                 .0
                 .batcher
-                .run(Write::Ingest { event, deliveries })
+                .run(Write::Ingest {
+                    event,
+                    deliveries,
+                    mine,
+                    after,
+                })
                 .await?
             {
-                Done::Stored(seqs) => seqs,
+                Done::Stored(rows) => rows,
                 Done::Completed(_) => unreachable!("an ingest stores"),
             },
-            Some(key) => match self.ingest_once(&event, &deliveries, key).await? {
-                Ingested::Stored(seqs) => seqs,
-                duplicate => return Ok(duplicate),
+            Some(key) => match self.ingest_once(&event, &deliveries, &mine, key).await? {
+                Ok(rows) => {
+                    if let Some(after) = after {
+                        after(&rows);
+                    }
+                    rows
+                }
+                Err(first) => return Ok(Ingested::Duplicate(first)),
             },
         };
+        let seqs = rows.iter().map(|(seq, _)| *seq).collect();
         // After the commit, not in it: a NOTIFY in the transaction would hold
         // PostgreSQL's one notify lock through the commit's fsync, and so
         // serialise every ingest.
@@ -232,15 +264,20 @@ impl PgStore {
     }
 
     /// An ingest inside a de-duplication window: in a transaction of its own.
+    /// A duplicate is `Err` with the id of its key's first event.
     async fn ingest_once(
         &self,
         event: &Event,
         deliveries: &[NewDelivery],
+        mine: &[bool],
         (key, until): &(String, i64),
-    ) -> Result<Ingested, StoreError> {
+    ) -> Result<Result<Vec<(i64, bool)>, String>, StoreError> {
         let began = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
+        // As the writers' connections are (see `open`).
+        tx.batch_execute(&format!("SET LOCAL {}", batch::PLANS))
+            .await?;
         // A key inside its window is not replaced (the WHERE), and then names
         // the first event; a concurrent ingest of the same key waits here for
         // the first one's commit.
@@ -257,13 +294,14 @@ impl PgStore {
                 .query_one("SELECT event_id FROM event_keys WHERE key = $1", &[key])
                 .await?
                 .get(0);
-            return Ok(Ingested::Duplicate(first));
+            return Ok(Err(first));
         }
         let insert = tx.prepare_cached(batch::INGEST).await?;
-        let seqs = batch::ingest_rows(&*tx, &insert, event, deliveries).await?;
+        let who = (self.0.host.as_str(), self.0.lease_ms);
+        let rows = batch::ingest_rows(&*tx, &insert, who, event, deliveries, mine).await?;
         tx.commit().await?;
         crate::metrics::store_commit(began.elapsed(), 1);
-        Ok(Ingested::Stored(seqs))
+        Ok(Ok(rows))
     }
 
     /// Records a claimed delivery's outcome (and its attempt) and ends its
@@ -420,14 +458,20 @@ impl PgStore {
         let conn = self.lease_conn().await?;
         let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
         let (filter, order) = match kind {
-            // Not past a pending row another host still leases (its lease on
-            // the client ran out first): first attempts keep their order.
+            // Unleased ones, in seq order, from `deliveries_unleased` (a lease
+            // that ran out is ended by the sweep first); not past a pending row
+            // another host still leases (its lease on the client ran out
+            // first): first attempts keep their order. (`<` and `>` rather
+            // than `!=`: ranges of `deliveries_fresh` that leave this host's
+            // own leases, the bulk of a backlog, unread.)
             Claim::Fresh => (
                 format!(
-                    "d.client_id = $1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') AND {free} \
-                     AND d.seq < COALESCE((SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 \
-                       AND o.state = 'pending' AND o.state IN ('pending', 'held', 'plugin_error') \
-                       AND o.lease_owner != $3 AND o.lease_until >= {NOW}), 9223372036854775807)"
+                    "d.client_id = $1 AND d.state = 'pending' AND d.lease_owner IS NULL \
+                     AND d.seq < COALESCE(LEAST( \
+                       (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
+                         AND o.lease_owner < $3 AND o.lease_until >= {NOW}), \
+                       (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
+                         AND o.lease_owner > $3 AND o.lease_until >= {NOW})), 9223372036854775807)"
                 ),
                 "d.seq",
             ),
@@ -439,7 +483,7 @@ impl PgStore {
             ),
             Claim::Parked { .. } => (
                 format!(
-                    "d.client_id = $1 AND d.state IN ('pending', 'held', 'plugin_error') \
+                    "d.client_id = $1 AND d.state IN ('held', 'plugin_error') \
                      AND (d.state = 'held' OR (d.state = 'plugin_error' AND COALESCE(d.plugin, '') != $5)) \
                      AND d.seq > $6 AND {free}"
                 ),
@@ -570,6 +614,18 @@ impl PgStore {
     /// signal was lost).
     pub async fn sweep(&self) -> Result<(DueRetries, Vec<String>, Vec<String>), StoreError> {
         let conn = self.lease_conn().await?;
+        // Fresh claims take unleased rows only (an index range in seq
+        // order): a lease on a pending row that ran out (its host died or
+        // stalled) ends here. Rows being written are skipped, as by renewals.
+        conn.execute(
+            &format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq IN \
+                 (SELECT seq FROM deliveries WHERE lease_owner IS NOT NULL AND state = 'pending' \
+                  AND lease_until < {NOW} FOR UPDATE SKIP LOCKED)"
+            ),
+            &[],
+        )
+        .await?;
         let retries = conn
             .query(
                 "SELECT client_id, MIN(next_attempt_at) FROM deliveries WHERE state = 'retrying' GROUP BY client_id",
@@ -584,7 +640,7 @@ impl PgStore {
         let held = conn
             .query(
                 "SELECT DISTINCT client_id FROM deliveries \
-                 WHERE state IN ('pending', 'held', 'plugin_error') AND state != 'pending'",
+                 WHERE state IN ('held', 'plugin_error')",
                 &[],
             )
             .await?
@@ -595,7 +651,7 @@ impl PgStore {
             .query(
                 &format!(
                     "SELECT DISTINCT d.client_id FROM deliveries d \
-                     WHERE d.state IN ('pending', 'held', 'plugin_error') AND d.state = 'pending' \
+                     WHERE d.state = 'pending' \
                      AND (d.lease_until IS NULL OR d.lease_until < {NOW}) \
                      AND NOT EXISTS (SELECT 1 FROM client_leases l WHERE l.client_id = d.client_id \
                        AND l.until >= {NOW} AND l.owner != $1)"

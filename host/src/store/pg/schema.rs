@@ -133,6 +133,22 @@ const MIGRATIONS: &[&str] = &[
         seen_at    BIGINT NOT NULL
     );
     "#,
+    // 2: a client's pending deliveries by lease holder, so that "does any
+    // pending delivery of this client lie outside this host's leases?" (asked
+    // by every ingest that leases its deliveries at once) and "the oldest
+    // unleased ones" (a fresh claim) read the few rows they look for, not a
+    // backlog this host has leased. The index of unfinished work keeps the
+    // parked states only: with pending rows in it, the planner took it for
+    // those questions and read the whole backlog.
+    r#"
+    DROP INDEX deliveries_work;
+    CREATE INDEX deliveries_parked ON deliveries (client_id, state, seq)
+        WHERE state IN ('held', 'plugin_error');
+    CREATE INDEX deliveries_fresh ON deliveries (client_id, lease_owner, seq)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_unleased ON deliveries (client_id, seq)
+        WHERE state = 'pending' AND lease_owner IS NULL;
+    "#,
 ];
 
 /// Brings the database to this hookwasm's schema.
