@@ -75,9 +75,11 @@ struct Writes {
 }
 
 impl Writes {
-    fn send(&self, op: Later) {
-        self.sent.fetch_add(1, Ordering::SeqCst);
+    /// Sends `op`; the count the writer reaches once it is written.
+    fn send(&self, op: Later) -> u64 {
+        let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.later.send(op);
+        n
     }
 }
 
@@ -97,6 +99,13 @@ struct Holding {
     /// Fresh deliveries this host's ingests leased to it, in commit order,
     /// not yet handed to the worker.
     inbox: VecDeque<Job>,
+    /// Bumped by every release of this client's work: an ingest decided
+    /// before one must not put its deliveries ahead of those released.
+    releases: u64,
+    /// The background writer's count once the last release is written:
+    /// until then the store still shows those rows as this host's, and an
+    /// ingest would take new ones in ahead of them.
+    settle: u64,
 }
 
 impl Holding {
@@ -105,21 +114,25 @@ impl Holding {
     /// (A pause made elsewhere is seen by the worker's next claim, which
     /// confirms the lease each [`CONFIRMED`] and gives the inbox back when
     /// refused; an ingest must not fall back to claims for lack of one.)
-    fn takes_in(&self, lease: Duration) -> bool {
+    fn takes_in(&self, lease: Duration, written: u64) -> bool {
         self.since.is_some()
             && self.confirmed.is_some_and(|t| t.elapsed() < lease / 3)
             && !self.draining
             && self.inbox.len() < INBOX
+            && written >= self.settle
     }
 
-    /// Empties the inbox: its deliveries' seqs, no longer claimed here, for
-    /// the store to release.
-    fn give_back(&mut self) -> Vec<i64> {
-        let seqs: Vec<i64> = self.inbox.drain(..).map(|j| j.seq).collect();
-        for s in &seqs {
-            self.claimed.remove(s);
+    /// Releases `seqs` and the inbox's deliveries (no longer claimed here)
+    /// through `writes`; ingests wait for the release before taking in again.
+    fn give_back(&mut self, writes: &Writes, mut seqs: Vec<i64>) {
+        for j in self.inbox.drain(..) {
+            self.claimed.remove(&j.seq);
+            seqs.push(j.seq);
         }
-        seqs
+        self.releases += 1;
+        if !seqs.is_empty() {
+            self.settle = writes.send(Later::Release(seqs));
+        }
     }
 }
 
@@ -193,6 +206,7 @@ impl PgQueue {
         let every = store.lease() / 3;
         // A weak handle: the task ends with the queue.
         let clients = Arc::downgrade(&self.clients);
+        let writes = self.writes.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -202,6 +216,14 @@ impl PgQueue {
                 let Some(clients) = clients.upgrade() else {
                     return;
                 };
+                // An inbox whose worker stopped claiming (it was stopped, is
+                // paused, or waits on a slow receiver) goes back to the store:
+                // kept, it would hold the client's lease for good.
+                for h in clients.lock().unwrap().values_mut() {
+                    if !h.inbox.is_empty() && h.confirmed.is_none_or(|t| t.elapsed() >= every) {
+                        h.give_back(&writes, Vec::new());
+                    }
+                }
                 let (seqs, held) = all_claimed(&clients, store.lease());
                 drop(clients);
                 match store.renew(&seqs, &held).await {
@@ -220,31 +242,26 @@ impl PgQueue {
         self.writes.send(op);
     }
 
-    /// Releases `seqs` (an inbox given back), if any.
-    fn give_back(&self, seqs: Vec<i64>) {
-        if !seqs.is_empty() {
-            self.send(Later::Release(seqs));
-        }
-    }
-
     /// Right after an ingest's commit: the deliveries leased to this host go
     /// to their clients' inboxes, unless this host stopped taking the client
     /// meanwhile (then they are released, for whoever claims next).
+    /// `gens`: each client's [`Holding::releases`] when the ingest was decided.
     fn take_in(
         clients: &Mutex<HashMap<String, Holding>>,
         writes: &Writes,
         event: &Arc<Event>,
         deliveries: &[NewDelivery],
+        gens: &[u64],
         rows: &[(i64, bool)],
     ) {
         let mut back = Vec::new();
         let mut clients = clients.lock().unwrap();
-        for (d, &(seq, leased)) in deliveries.iter().zip(rows) {
+        for ((d, &(seq, leased)), &asked) in deliveries.iter().zip(rows).zip(gens) {
             if !leased {
                 continue;
             }
             match clients.get_mut(&d.client_id) {
-                Some(h) if h.since.is_some() && !h.draining => {
+                Some(h) if h.since.is_some() && !h.draining && h.releases == asked => {
                     h.claimed.insert(seq);
                     h.inbox.push_back(Job {
                         seq,
@@ -255,7 +272,8 @@ impl PgQueue {
                         rendered: None,
                     });
                 }
-                _ => back.push(seq),
+                Some(h) => h.give_back(writes, vec![seq]),
+                None => back.push(seq),
             }
         }
         drop(clients);
@@ -310,9 +328,7 @@ impl PgQueue {
             if !held {
                 h.since = None;
                 h.confirmed = None;
-                let back = h.give_back();
-                drop(clients);
-                self.give_back(back);
+                h.give_back(&self.writes, Vec::new());
                 return false;
             }
             let now = Instant::now();
@@ -339,7 +355,7 @@ impl PgQueue {
         if long && self.others.load(Ordering::Relaxed) > 0 {
             h.draining = true;
             // Not attempted yet: the next holder takes them, in order.
-            self.give_back(h.give_back());
+            h.give_back(&self.writes, Vec::new());
             if h.claimed.is_empty() {
                 return Next::HandOver;
             }
@@ -436,18 +452,22 @@ impl Queue for PgQueue {
         async move {
             let clients: Vec<String> = deliveries.iter().map(|d| d.client_id.clone()).collect();
             let lease = self.store.lease();
-            let mine: Vec<bool> = {
+            let written = *self.done.borrow();
+            let (mine, gens): (Vec<bool>, Vec<u64>) = {
                 let holding = self.clients.lock().unwrap();
                 deliveries
                     .iter()
-                    .map(|d| holding.get(&d.client_id).is_some_and(|h| h.takes_in(lease)))
-                    .collect()
+                    .map(|d| match holding.get(&d.client_id) {
+                        Some(h) => (h.takes_in(lease, written), h.releases),
+                        None => (false, 0),
+                    })
+                    .unzip()
             };
             let after = mine.contains(&true).then(|| {
                 let (holding, writes) = (self.clients.clone(), self.writes.clone());
                 let (event, deliveries) = (event.clone(), deliveries.clone());
                 Box::new(move |rows: &[(i64, bool)]| {
-                    Self::take_in(&holding, &writes, &event, &deliveries, rows)
+                    Self::take_in(&holding, &writes, &event, &deliveries, &gens, rows)
                 }) as crate::store::pg::AfterCommit
             });
             let ingested = self
@@ -539,13 +559,15 @@ impl Queue for PgQueue {
     }
 
     fn release(&self, client: &str, jobs: &[Job]) {
-        let mut seqs: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
+        let seqs: Vec<i64> = jobs.iter().map(|j| j.seq).collect();
         // A released fresh delivery is claimed again before any later one:
         // the inbox's, later ones, go back to the store with it.
-        if let Some(h) = self.clients.lock().unwrap().get_mut(client) {
-            seqs.extend(h.give_back());
-        }
-        self.send(Later::Release(seqs.clone()));
+        self.clients
+            .lock()
+            .unwrap()
+            .entry(client.to_string())
+            .or_default()
+            .give_back(&self.writes, seqs.clone());
         self.ended(client, seqs);
         self.store.waker(client).notify_one();
     }
@@ -553,7 +575,7 @@ impl Queue for PgQueue {
     fn forget(&self, client: &str) {
         let held = self.clients.lock().unwrap().remove(client);
         if let Some(mut h) = held {
-            self.give_back(h.give_back());
+            h.give_back(&self.writes, Vec::new());
         }
         self.store.forget(client);
         let (store, client) = (self.store.clone(), client.to_string());

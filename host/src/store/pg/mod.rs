@@ -456,22 +456,35 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let conn = self.lease_conn().await?;
+        if let Claim::Fresh = kind {
+            // A dead host's leases on this client's pending rows end now, so
+            // that they are claimed first (rows being written are left).
+            let end = conn
+                .prepare_cached(&format!(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq IN \
+                     (SELECT seq FROM deliveries WHERE client_id = $1 AND state = 'pending' \
+                      AND lease_owner IS NOT NULL AND lease_until < {NOW} FOR UPDATE SKIP LOCKED)"
+                ))
+                .await?;
+            conn.execute(&end, &[&client]).await?;
+        }
         let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
         let (filter, order) = match kind {
-            // Unleased ones, in seq order, from `deliveries_unleased` (a lease
-            // that ran out is ended by the sweep first); not past a pending row
-            // another host still leases (its lease on the client ran out
-            // first): first attempts keep their order. (`<` and `>` rather
-            // than `!=`: ranges of `deliveries_fresh` that leave this host's
-            // own leases, the bulk of a backlog, unread.)
+            // Unleased ones, in seq order, from `deliveries_unleased` (the
+            // client's leases that ran out are ended just before); never past
+            // a pending row another host leases (its lease on the client ran
+            // out first, or one being ended meanwhile): first attempts keep
+            // their order. (`<` and `>` rather than `!=`: ranges of
+            // `deliveries_fresh` that leave this host's own leases, the bulk
+            // of a backlog, unread.)
             Claim::Fresh => (
-                format!(
+                String::from(
                     "d.client_id = $1 AND d.state = 'pending' AND d.lease_owner IS NULL \
                      AND d.seq < COALESCE(LEAST( \
                        (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
-                         AND o.lease_owner < $3 AND o.lease_until >= {NOW}), \
+                         AND o.lease_owner < $3), \
                        (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
-                         AND o.lease_owner > $3 AND o.lease_until >= {NOW})), 9223372036854775807)"
+                         AND o.lease_owner > $3)), 9223372036854775807)",
                 ),
                 "d.seq",
             ),
