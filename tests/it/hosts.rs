@@ -225,6 +225,58 @@ async fn three_hosts_lose_nothing_and_keep_order_when_one_is_killed() {
     );
 }
 
+/// A host killed with work in hand for a slow client (leased to it as it was
+/// ingested) leaves that work to the next holder, which sends it before the
+/// events posted to it afterwards: the leases that ran out are ended and
+/// claimed in order, not skipped until a sweep ends them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_hosts_waiting_work_goes_out_before_later_work() {
+    if without_postgres() {
+        return;
+    }
+    let recv = Receiver::start().await;
+    recv.set_delay("/slow", Duration::from_millis(20));
+    let config = shared().client(Client::to(&recv, "slow").max_in_flight(1));
+    let mut first = config.clone().start().await;
+    for n in 0..20 {
+        assert_eq!(first.post(numbered(n)).await.0, 202, "event {n}");
+    }
+    let second = config.start().await;
+    first.kill9().await;
+    // Posted one at a time over more than a lease, so that one of them wakes
+    // the second host's worker as the killed one's leases run out.
+    for n in 100..200 {
+        assert_eq!(second.post(numbered(n)).await.0, 202, "event {n}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eventually(WAIT, "every delivery delivered")
+        .every(Duration::from_millis(200))
+        .log(&second)
+        .until(async || {
+            let rows = second.deliveries("slow");
+            let left = rows.iter().filter(|r| r["state"] != "delivered").count();
+            if rows.len() == 120 && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} of {} not delivered", rows.len()))
+            }
+        })
+        .await;
+    // First attempts, by the event each one carried (a request the kill cut
+    // off carries none and is sent again whole).
+    let mut seen = HashSet::new();
+    let firsts: Vec<u64> = recv
+        .got("/slow")
+        .iter()
+        .filter(|g| seen.insert(g.header("webhook-id").to_string()))
+        .filter_map(number)
+        .collect();
+    assert!(
+        firsts.is_sorted(),
+        "the killed host's events first, then the later ones, in order: {firsts:?}"
+    );
+}
+
 /// A host started while events keep coming takes a share of the work: its own
 /// /metrics count deliveries it made. Together the two make each delivery once.
 #[tokio::test(flavor = "multi_thread")]
