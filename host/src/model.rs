@@ -113,6 +113,21 @@ pub struct Job {
     pub rendered: Option<StoredRender>,
 }
 
+impl Job {
+    /// `delivery` of `event` just stored as `seq`, handed to its worker
+    /// straight from the ingest: no attempt yet, nothing rendered.
+    pub fn fresh(seq: i64, delivery: &NewDelivery, event: &Arc<Event>) -> Job {
+        Job {
+            seq,
+            id: delivery.id.clone(),
+            client_id: delivery.client_id.clone(),
+            event: event.clone(),
+            attempts: 0,
+            rendered: None,
+        }
+    }
+}
+
 /// What was rendered for a delivery and by which plugin version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRender {

@@ -263,14 +263,7 @@ impl PgQueue {
             match clients.get_mut(&d.client_id) {
                 Some(h) if h.since.is_some() && !h.draining && h.releases == asked => {
                     h.claimed.insert(seq);
-                    h.inbox.push_back(Job {
-                        seq,
-                        id: d.id.clone(),
-                        client_id: d.client_id.clone(),
-                        event: event.clone(),
-                        attempts: 0,
-                        rendered: None,
-                    });
+                    h.inbox.push_back(Job::fresh(seq, d, event));
                 }
                 Some(h) => h.give_back(writes, vec![seq]),
                 None => back.push(seq),

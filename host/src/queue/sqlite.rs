@@ -204,14 +204,7 @@ impl SqliteQueue {
             };
             let mut inbox = intake.inbox.lock().unwrap();
             if !inbox.overflow && inbox.queue.len() < INBOX {
-                inbox.queue.push_back(Job {
-                    seq,
-                    id: d.id.clone(),
-                    client_id: d.client_id.clone(),
-                    event: event.clone(),
-                    attempts: 0,
-                    rendered: None,
-                });
+                inbox.queue.push_back(Job::fresh(seq, d, event));
             } else {
                 inbox.overflow = true;
             }
