@@ -449,6 +449,12 @@ impl Worker {
                 self.resume_parked().await;
             }
             let fresh = self.queue.claim_fresh(&self.id, BATCH).await;
+            if !fresh.is_empty() && self.health.lock().unwrap().disabled.is_some() {
+                // Paused while this claim ran (the check above came before it):
+                // not attempted; claimed again, in order, once resumed.
+                self.queue.release(&self.id, &fresh);
+                continue;
+            }
             if !fresh.is_empty() {
                 self.process(fresh).await;
                 continue;
