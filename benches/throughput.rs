@@ -40,6 +40,38 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
+/// The CPU time of a PostgreSQL server running on this machine: its
+/// postmaster's (with the backends that ended) and its live processes'. None
+/// when the server is elsewhere.
+fn pg_server_cpu(server: &str) -> Option<Duration> {
+    let out = Command::new("/usr/lib/postgresql/15/bin/psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-X", "-A", "-t", "-c"])
+        .arg("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+        .output()
+        .ok()?;
+    let child: u32 = String::from_utf8(out.stdout).ok()?.trim().parse().ok()?;
+    let fields = |pid: u32| -> Option<Vec<u64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name: ppid is field 4, utime 14 … cstime 17.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        Some(rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect())
+    };
+    let postmaster = fields(child)?[1] as u32;
+    let pm = fields(postmaster)?;
+    let mut ticks = pm[11] + pm[12] + pm[13] + pm[14];
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Some(f) = fields(pid).filter(|f| f[1] == postmaster as u64) {
+            ticks += f[11] + f[12];
+        }
+    }
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Some(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
 /// A receiver that counts requests and answers 200.
 async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
@@ -166,9 +198,10 @@ async fn main() {
     } else {
         1
     };
-    let store = match &pg {
+    let db = pg.as_deref().map(fresh_database);
+    let store = match &db {
         None => "path = \"hookwasm.db\"".to_string(),
-        Some(server) => format!("url = \"{}\"", fresh_database(server)),
+        Some(url) => format!("url = \"{url}\""),
     };
     let mut hosts = Vec::new();
     let mut ingests = Vec::new();
@@ -205,6 +238,21 @@ async fn main() {
     while count.load(Ordering::Relaxed) < 2_000 + n + 2_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The planner's statistics of the tables after the warm-up, as
+    // autovacuum gathers them on a running installation within a minute or
+    // so of its first thousands of events: without any, the claims' plans
+    // read a client's history where an index of its pending rows would do.
+    // HOOKWASM_BENCH_ANALYZE=0: without them, as in a new database's first
+    // minute.
+    let analyze = std::env::var("HOOKWASM_BENCH_ANALYZE").as_deref() != Ok("0");
+    if let Some(db) = db.as_ref().filter(|_| analyze) {
+        let status = Command::new("/usr/lib/postgresql/15/bin/psql")
+            .arg(db)
+            .args(["-X", "-q", "-c", "ANALYZE"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     let before = count.load(Ordering::Relaxed);
     // HOOKWASM_BENCH_PERF=FILE: a perf profile of the host over the measured
     // run (call graphs from DWARF: release builds keep no frame pointers).
@@ -228,6 +276,8 @@ async fn main() {
     });
     let ids: Vec<u32> = hosts.iter().map(|h| h.id()).collect();
     let cpu_all = || ids.iter().map(|id| cpu_of(*id)).sum::<Duration>();
+    let server_cpu = || pg.as_deref().and_then(pg_server_cpu);
+    let server_before = server_cpu();
     let host_before = cpu_all();
     let start = Instant::now();
     // The events spread over the hosts, as a load balancer would.
@@ -247,6 +297,7 @@ async fn main() {
     }
     let end_to_end = start.elapsed();
     let host_cpu = cpu_all() - host_before;
+    let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
     if let Some(mut p) = perf {
         let _ = Command::new("kill")
             .args(["-INT", &p.id().to_string()])
@@ -281,6 +332,12 @@ async fn main() {
         host_cpu.as_secs_f64() * 1e6 / n as f64,
         bare_cpu.as_secs_f64() * 1e6 / n as f64
     );
+    if let Some(server) = server {
+        println!(
+            "  PostgreSQL CPU per event     {:>10.1} µs (the server's processes, on the same cores)",
+            server.as_secs_f64() * 1e6 / n as f64
+        );
+    }
     if pg.is_some() {
         return;
     }

@@ -1,15 +1,16 @@
 //! The PostgreSQL store: several hosts on one database.
 //!
 //! Every host keeps a pool of connections (`deadpool-postgres`) and one more
-//! that `LISTEN`s: `hookwasm_work` names a client with new work (sent by the
-//! ingest's transaction, so it arrives once the rows are visible), and
+//! that `LISTEN`s: `hookwasm_work` names a client with new work (sent once
+//! the ingest has committed, so it arrives once the rows are visible), and
 //! `hookwasm_clients` says the API changed a client, a token, a secret or an
 //! uploaded plugin, which every host then reads again (see `lib.rs`). A lost
 //! connection loses signals, so after a reconnect every worker is woken and
 //! the clients are read again; the queue's sweep is the fallback besides.
 //!
-//! An ingest is one transaction (event, its deliveries, the de-duplication
-//! key, the signals): committed before the 202, like SQLite's. Claims are
+//! An ingest is committed before the 202, like SQLite's: its event and its
+//! deliveries in one transaction, shared with other ingests and outcomes
+//! (`batch.rs`), or alone with its de-duplication key. Claims are
 //! `FOR UPDATE SKIP LOCKED` with a lease in the database's clock; the queue
 //! (`queue/pg.rs`) decides what to claim and when.
 
@@ -72,10 +73,39 @@ struct Inner {
     changes: Arc<Notify>,
     /// Clients with new work, for the other hosts (see [`signal`]).
     signals: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// How many other hosts were alive when last counted; -1 before that.
+    others: std::sync::atomic::AtomicI64,
     /// The event path's writes, gathered.
     batcher: Batcher,
     /// Connections for the lease traffic (see [`PgStore::lease_conn`]).
     leases: Pool,
+    lost: Arc<LostTrack>,
+    /// When leases were last renewed (ms); 0 before the first renewal.
+    renewed_at: std::sync::atomic::AtomicI64,
+}
+
+/// When this host last may have lost track of leases it holds: a write
+/// whose outcome is unknown (an ingest's leases), a release or a renewal that
+/// failed, renewals that came later than a lease. Such leases run out unseen
+/// and, being this host's own, are not a barrier to its fresh claims; while
+/// this may be so, those end them first, as they do other hosts'.
+#[derive(Default)]
+pub(super) struct LostTrack {
+    at: std::sync::atomic::AtomicI64,
+}
+
+impl LostTrack {
+    pub fn now(&self) {
+        self.at
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether leases lost track of may still be out there: until two
+    /// leases after the loss (the sweep ends any left after that).
+    fn recent(&self, lease_ms: i64) -> bool {
+        let at = self.at.load(std::sync::atomic::Ordering::Relaxed);
+        at > 0 && now_ms() < at + 2 * lease_ms
+    }
 }
 
 /// What a claim looks for.
@@ -105,7 +135,12 @@ impl PgStore {
         config.options("-c idle_in_transaction_session_timeout=60s");
         let pool = pool_of(config.clone(), POOL)?;
         let mut fast = config.clone();
-        fast.options("-c idle_in_transaction_session_timeout=60s -c synchronous_commit=off");
+        // Claims too find their rows through indexes, and keep their plans
+        // once the table has grown (see `batch::PLANS`).
+        fast.options(format!(
+            "-c idle_in_transaction_session_timeout=60s -c synchronous_commit=off -c {}",
+            batch::NO_SCANS.join(" -c ")
+        ));
         let leases = pool_of(fast, LEASE_POOL)?;
         // The event path's writes plan their statements once per connection:
         // left to choose, PostgreSQL planned every ingest afresh (an array's
@@ -113,8 +148,9 @@ impl PgStore {
         // dearer), which cost more of its CPU than running them.
         let mut writes = config.clone();
         writes.options(format!(
-            "-c idle_in_transaction_session_timeout=60s -c {}",
-            batch::PLANS
+            "-c idle_in_transaction_session_timeout=60s -c {} -c {}",
+            batch::PLANS.join(" -c "),
+            batch::NO_SCANS.join(" -c ")
         ));
         let writes = pool_of(writes, batch::WRITERS)?;
         let shown = shown(&config);
@@ -128,9 +164,13 @@ impl PgStore {
         drop(first);
         let host = format!("host_{}", ulid::Ulid::new().to_string().to_lowercase());
         let (signals, pending) = tokio::sync::mpsc::unbounded_channel();
+        let lost = Arc::new(LostTrack::default());
         let store = PgStore(Arc::new(Inner {
             signals: as_host.then_some(signals),
-            batcher: Batcher::start(writes, host.clone(), lease.as_millis() as i64),
+            others: std::sync::atomic::AtomicI64::new(-1),
+            batcher: Batcher::start(writes, host.clone(), lease.as_millis() as i64, lost.clone()),
+            lost,
+            renewed_at: std::sync::atomic::AtomicI64::new(0),
             leases,
             pool,
             host,
@@ -254,8 +294,12 @@ impl PgStore {
         let seqs = rows.iter().map(|(seq, _)| *seq).collect();
         // After the commit, not in it: a NOTIFY in the transaction would hold
         // PostgreSQL's one notify lock through the commit's fsync, and so
-        // serialise every ingest.
-        if let Some(signals) = &self.0.signals {
+        // serialise every ingest. None while no other host is alive: this
+        // host's own workers are woken directly, and a host that starts
+        // meanwhile looks at all the work there is (and at anything it
+        // missed within a sweep) until it is counted here, within a renewal.
+        let others = self.0.others.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(signals) = self.0.signals.as_ref().filter(|_| others != 0) {
             for c in clients {
                 let _ = signals.send(c);
             }
@@ -276,7 +320,8 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         // As the writers' connections are (see `open`).
-        tx.batch_execute(&format!("SET LOCAL {}", batch::PLANS))
+        let settings = [batch::PLANS, batch::NO_SCANS].concat();
+        tx.batch_execute(&format!("SET LOCAL {}", settings.join("; SET LOCAL ")))
             .await?;
         // A key inside its window is not replaced (the WHERE), and then names
         // the first event; a concurrent ingest of the same key waits here for
@@ -296,9 +341,8 @@ impl PgStore {
                 .get(0);
             return Ok(Err(first));
         }
-        let insert = tx.prepare_cached(batch::INGEST).await?;
         let who = (self.0.host.as_str(), self.0.lease_ms);
-        let rows = batch::ingest_rows(&*tx, &insert, who, event, deliveries, mine).await?;
+        let rows = batch::ingest_rows(&tx, who, event, deliveries, mine).await?;
         tx.commit().await?;
         crate::metrics::store_commit(began.elapsed(), 1);
         Ok(Ok(rows))
@@ -459,31 +503,45 @@ impl PgStore {
         if let Claim::Fresh = kind {
             // A dead host's leases on this client's pending rows end now, so
             // that they are claimed first (rows being written are left).
-            let end = conn
-                .prepare_cached(&format!(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq IN \
-                     (SELECT seq FROM deliveries WHERE client_id = $1 AND state = 'pending' \
-                      AND lease_owner IS NOT NULL AND lease_until < {NOW} FOR UPDATE SKIP LOCKED)"
-                ))
-                .await?;
-            conn.execute(&end, &[&client]).await?;
+            // Other hosts' ones: the ranges of `deliveries_fresh` around this
+            // host's own, which holds every row this host finished since the
+            // last vacuum. This host's own only while it may have lost track
+            // of some ([`LostTrack`]); the sweep ends any left within a second.
+            let others = "seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE client_id = $1 AND state = 'pending' \
+                  AND lease_owner < $2 AND lease_until < {NOW} FOR UPDATE SKIP LOCKED)) \
+                OR seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE client_id = $1 AND state = 'pending' \
+                  AND lease_owner > $2 AND lease_until < {NOW} FOR UPDATE SKIP LOCKED))";
+            let own = if self.0.lost.recent(self.0.lease_ms) {
+                " OR seq = ANY(ARRAY(SELECT seq FROM deliveries WHERE client_id = $1 AND state = 'pending' \
+                  AND lease_owner = $2 AND lease_until < {NOW} FOR UPDATE SKIP LOCKED))"
+            } else {
+                ""
+            };
+            let end = format!(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE {others}{own}"
+            )
+            .replace("{NOW}", NOW);
+            let end = conn.prepare_cached(&end).await?;
+            conn.execute(&end, &[&client, &self.0.host]).await?;
         }
         let free = format!("(d.lease_until IS NULL OR d.lease_until < {NOW})");
         let (filter, order) = match kind {
-            // Unleased ones, in seq order, from `deliveries_unleased` (the
-            // client's leases that ran out are ended just before); never past
+            // Unleased ones, in seq order, from `deliveries_unleased` (other
+            // hosts' leases on them that ran out are ended just before); never past
             // a pending row another host leases (its lease on the client ran
             // out first, or one being ended meanwhile): first attempts keep
             // their order. (`<` and `>` rather than `!=`: ranges of
             // `deliveries_fresh` that leave this host's own leases, the bulk
-            // of a backlog, unread.)
+            // of a backlog, unread. `seq + 0`: with `MIN(seq)` the planner
+            // may walk the primary key from the lowest seq, through the
+            // whole history, for a row that is rarely there.)
             Claim::Fresh => (
                 String::from(
                     "d.client_id = $1 AND d.state = 'pending' AND d.lease_owner IS NULL \
                      AND d.seq < COALESCE(LEAST( \
-                       (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
+                       (SELECT MIN(o.seq + 0) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
                          AND o.lease_owner < $3), \
-                       (SELECT MIN(o.seq) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
+                       (SELECT MIN(o.seq + 0) FROM deliveries o WHERE o.client_id = $1 AND o.state = 'pending' \
                          AND o.lease_owner > $3)), 9223372036854775807)",
                 ),
                 "d.seq",
@@ -527,13 +585,20 @@ impl PgStore {
 
     /// Ends this host's leases on `seqs` without any other change.
     pub async fn release(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        let conn = self.lease_conn().await?;
-        conn.execute(
-            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY($1) AND lease_owner = $2",
-            &[&seqs, &self.0.host],
-        )
-        .await?;
-        Ok(())
+        let released = async {
+            let conn = self.lease_conn().await?;
+            conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY($1) AND lease_owner = $2",
+                &[&seqs, &self.0.host],
+            )
+            .await?;
+            Ok(())
+        };
+        let released = released.await;
+        if released.is_err() {
+            self.0.lost.now();
+        }
+        released
     }
 
     /// Renews the leases on `seqs` (what this host is working on), on the
@@ -545,6 +610,20 @@ impl PgStore {
     /// skipped, not waited for: waiting could deadlock with that transaction,
     /// and its outcome ends the lease anyway.
     pub async fn renew(&self, seqs: &[i64], clients: &[String]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.0.renewed_at.load(Relaxed);
+        let renewed = self.renew_now(seqs, clients).await;
+        let now = now_ms();
+        if renewed.is_err() || (last > 0 && now - last > self.0.lease_ms) {
+            self.0.lost.now();
+        }
+        if renewed.is_ok() {
+            self.0.renewed_at.store(now, Relaxed);
+        }
+        renewed
+    }
+
+    async fn renew_now(&self, seqs: &[i64], clients: &[String]) -> Result<(), StoreError> {
         let conn = self.lease_conn().await?;
         let (host, lease) = (&self.0.host, &self.0.lease_ms);
         conn.execute(
@@ -593,7 +672,7 @@ impl PgStore {
     /// How many other hosts renewed their heartbeat within a lease.
     pub async fn other_hosts(&self) -> Result<i64, StoreError> {
         let conn = self.lease_conn().await?;
-        Ok(conn
+        let n = conn
             .query_one(
                 &format!(
                     "SELECT COUNT(*) FROM hosts WHERE id != $1 AND seen_at > {NOW} - $2::bigint"
@@ -601,15 +680,23 @@ impl PgStore {
                 &[&self.0.host, &self.0.lease_ms],
             )
             .await?
-            .get(0))
+            .get(0);
+        self.0.others.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
     }
 
     /// A host stopping: its leases end now, so the others need not wait.
     pub async fn leave(&self) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         let host = &self.0.host;
+        // Only unfinished rows are ever leased; each state is read through
+        // its own index (there is none of leases by owner).
         conn.execute(
-            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+            "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY(ARRAY( \
+               SELECT seq FROM deliveries WHERE state = 'pending' AND lease_owner = $1 \
+               UNION ALL SELECT seq FROM deliveries WHERE state = 'retrying' AND lease_owner = $1 \
+               UNION ALL SELECT seq FROM deliveries WHERE state IN ('held', 'plugin_error') AND lease_owner = $1)) \
+             AND lease_owner = $1",
             &[host],
         )
         .await?;

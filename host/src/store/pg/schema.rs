@@ -149,6 +149,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_unleased ON deliveries (client_id, seq)
         WHERE state = 'pending' AND lease_owner IS NULL;
     "#,
+    // 3: no index of leases by owner. Every leased ingest and every claim
+    // paid an insertion into it, and the planner, taking it for small,
+    // answered "this delivery, if still this host's" by reading all of the
+    // host's leases instead of one row by its key. What asked for it reads
+    // the unfinished-work indexes now (a host's leave, the sweep).
+    r#"
+    DROP INDEX deliveries_leased;
+    "#,
 ];
 
 /// Brings the database to this hookwasm's schema.
