@@ -10,7 +10,6 @@
 //! the error: a commit whose outcome is unknown is not run twice here (the
 //! callers' own retries are at-least-once, as after a crash).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -202,14 +201,18 @@ async fn writer(
                     let alone = run(&pool, (&host, lease_ms), &[&w])
                         .await
                         .map(|mut d| d.remove(0));
-                    if let Ok(d) = &alone {
-                        committed(w, d);
+                    match &alone {
+                        Ok(d) => committed(w, d),
+                        Err(Failed::Other(_)) => lost.now(),
+                        Err(Failed::Statement(_)) => {}
                     }
                     let _ = reply.send(alone.map_err(Failed::into));
                 }
             }
             Err(e) => {
-                lost.now();
+                if let Failed::Other(_) = e {
+                    lost.now();
+                }
                 let e = e.to_string();
                 for (_, reply) in batch {
                     let _ = reply.send(Err(StoreError::Postgres(e.clone())));
@@ -301,7 +304,7 @@ async fn run(
     }));
     let stored = async {
         if ingests.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
         let mut args = IngestArgs::default();
         for w in &ingests {
@@ -317,7 +320,7 @@ async fn run(
         }
         args.run(&tx, (host, lease_ms)).await
     };
-    // Pipelined: the outcomes' statements, then the ingests'.
+    // Pipelined on the one connection.
     let (changed, seqs) =
         futures_util::future::try_join(all, stored)
             .await
@@ -325,6 +328,7 @@ async fn run(
                 StoreError::Postgres(_) if is_statement(&e) => Failed::Statement(e),
                 _ => Failed::Other(e),
             })?;
+    let mut seqs = seqs.into_iter();
     // Each write's answer. The groups hold the outcomes in writes' order:
     // whether an outcome's row changed (not when its lease was lost) is in
     // its group's answer.
@@ -334,16 +338,7 @@ async fn run(
     for w in writes {
         done.push(match w {
             Write::Ingest { deliveries, .. } => {
-                let rows: Option<Vec<(i64, bool)>> = deliveries
-                    .iter()
-                    .map(|d| seqs.get(&d.id).copied())
-                    .collect();
-                // Every delivery comes back, or the statement failed.
-                Done::Stored(rows.ok_or_else(|| {
-                    Failed::Other(StoreError::Postgres(
-                        "an ingest's deliveries went missing".into(),
-                    ))
-                })?)
+                Done::Stored(seqs.by_ref().take(deliveries.len()).collect())
             }
             Write::Complete(u) => {
                 if !distinct || group.is_none() {
@@ -376,8 +371,7 @@ pub(super) async fn ingest_rows(
 ) -> Result<Vec<(i64, bool)>, StoreError> {
     let mut args = IngestArgs::default();
     args.push(event, deliveries, mine);
-    let seq_of = args.run(client, who).await?;
-    Ok(deliveries.iter().map(|d| seq_of[&d.id]).collect())
+    args.run(client, who).await
 }
 
 /// Text as PostgreSQL takes it: it refuses the NUL character (SQLite keeps
@@ -417,7 +411,8 @@ impl<'a> IngestArgs<'a> {
         self.bodies.push(&event.raw[..]);
         self.received_at.push(event.received_at);
         let n = self.ids.len() as i64;
-        for (d, &asked) in deliveries.iter().zip(mine) {
+        for (i, d) in deliveries.iter().enumerate() {
+            let asked = mine.get(i).copied().unwrap_or(false);
             let asked = asked && !self.unleased.contains(d.client_id.as_str());
             if !asked {
                 self.unleased.insert(&d.client_id);
@@ -430,12 +425,12 @@ impl<'a> IngestArgs<'a> {
     }
 
     /// Runs [`INGEST`]: each delivery's seq and whether it is leased to
-    /// `host`, by delivery id.
+    /// `host`, in the order they were pushed.
     pub async fn run(
         &self,
         client: &deadpool_postgres::Transaction<'_>,
         (host, lease_ms): (&str, i64),
-    ) -> Result<HashMap<String, (i64, bool)>, StoreError> {
+    ) -> Result<Vec<(i64, bool)>, StoreError> {
         let stmt = client.prepare_cached(INGEST).await?;
         let params: [&(dyn ToSql + Sync); 10] = [
             &self.ids,
@@ -449,10 +444,30 @@ impl<'a> IngestArgs<'a> {
             &host,
             &lease_ms,
         ];
-        let rows = client.query(&stmt, &params).await?;
-        Ok(rows
+        let mut rows: Vec<(i64, String, bool)> = client
+            .query(&stmt, &params)
+            .await?
             .iter()
-            .map(|r| (r.get(1), (r.get(0), r.get(2))))
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        // In seq order, which is the order they were pushed in (see
+        // [`INGEST`]); each one's id says so.
+        rows.sort_unstable_by_key(|r| r.0);
+        let in_order = rows.len() == self.delivery_ids.len()
+            && rows
+                .iter()
+                .zip(&self.delivery_ids)
+                .all(|(r, id)| r.1 == *id);
+        if !in_order {
+            // A statement's answer, not the connection's: the batch's
+            // writes are tried again one by one.
+            return Err(StoreError::Postgres(
+                "XX000: the ingest's deliveries came back out of order".into(),
+            ));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(seq, _, leased)| (seq, leased))
             .collect())
     }
 }

@@ -281,7 +281,15 @@ impl PgStore {
                 Done::Stored(rows) => rows,
                 Done::Completed(_) => unreachable!("an ingest stores"),
             },
-            Some(key) => match self.ingest_once(&event, &deliveries, &mine, key).await? {
+            Some(key) => match self
+                .ingest_once(&event, &deliveries, &mine, key)
+                .await
+                .inspect_err(|_| {
+                    // Its commit's outcome may be unknown, and its leases with it.
+                    if mine.contains(&true) {
+                        self.0.lost.now();
+                    }
+                })? {
                 Ok(rows) => {
                     if let Some(after) = after {
                         after(&rows);
