@@ -258,6 +258,10 @@ pub async fn sqlite_to_pg(
         .await?;
     tx.commit().await?;
     reader.execute_batch("COMMIT")?;
+    // The planner's statistics of what was copied, now rather than at
+    // autovacuum's first pass: the hosts' plans are made on their first
+    // statements, and without statistics a claim may read a client's history.
+    conn.batch_execute("ANALYZE").await?;
 
     let mut out = Vec::new();
     for ((table, _, _), from) in TABLES.iter().zip(counts) {
