@@ -22,7 +22,7 @@ pub use config::{Client, Config};
 pub const OPERATOR: &str = "operator-token-for-the-tests-0123456789";
 pub use eventually::eventually;
 pub use host::Host;
-pub use postgres::{fresh_database, on_postgres};
+pub use postgres::{fresh_database, on_postgres, query};
 pub use receiver::{Got, Receiver};
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -33,16 +33,24 @@ fn server() -> Option<&'static str> {
 pub fn fresh_database() -> String {
     let server = server().expect("a database is made only with HOOKWASM_TEST_PG set");
     let name = format!("t_{:016x}", rand::random::<u64>());
+    query(
+        &format!("{server}/postgres"),
+        &format!("CREATE DATABASE {name}"),
+    );
+    format!("{server}/{name}")
+}
+
+/// The first value `sql`'s answer gives, as text, from the database at `url`.
+pub fn query(url: &str, sql: &str) -> String {
     let out = Command::new(PSQL)
-        .arg(format!("{server}/postgres"))
-        .args(["-X", "-w", "-q", "-v", "ON_ERROR_STOP=1"])
-        .args(["-c", &format!("CREATE DATABASE {name}")])
+        .arg(url)
+        .args(["-X", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .unwrap_or_else(|e| panic!("{PSQL} runs: {e}"));
     assert!(
         out.status.success(),
-        "CREATE DATABASE {name} on {server} (HOOKWASM_TEST_PG) failed:\n{}",
+        "{sql} on {url} (HOOKWASM_TEST_PG) failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    format!("{server}/{name}")
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
