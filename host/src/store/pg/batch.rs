@@ -283,19 +283,25 @@ async fn run(
         seqs.sort_unstable();
         seqs.windows(2).all(|w| w[0] != w[1])
     };
-    let groups: Vec<Vec<&Update>> = if distinct {
+    let groups: Vec<Vec<&Update>> = if outcomes.is_empty() {
+        Vec::new()
+    } else if distinct {
         vec![outcomes]
-            .into_iter()
-            .filter(|g| !g.is_empty())
-            .collect()
     } else {
         outcomes.into_iter().map(|u| vec![u]).collect()
     };
-    let ingests: Vec<&Write> = writes
-        .iter()
-        .copied()
-        .filter(|w| matches!(w, Write::Ingest { .. }))
-        .collect();
+    let mut ingests = IngestArgs::default();
+    for w in writes {
+        if let Write::Ingest {
+            event,
+            deliveries,
+            mine,
+            ..
+        } = w
+        {
+            ingests.push(event, deliveries, mine);
+        }
+    }
     let all = futures_util::future::try_join_all(groups.iter().map(|g| async {
         let complete = tx.prepare_cached(COMPLETE).await?;
         let args = CompleteArgs::of(g, host);
@@ -303,22 +309,10 @@ async fn run(
         Ok::<_, StoreError>(rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>())
     }));
     let stored = async {
-        if ingests.is_empty() {
+        if ingests.ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = IngestArgs::default();
-        for w in &ingests {
-            if let Write::Ingest {
-                event,
-                deliveries,
-                mine,
-                ..
-            } = w
-            {
-                args.push(event, deliveries, mine);
-            }
-        }
-        args.run(&tx, (host, lease_ms)).await
+        ingests.run(&tx, (host, lease_ms)).await
     };
     // Pipelined on the one connection.
     let (changed, seqs) =
