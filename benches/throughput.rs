@@ -203,6 +203,10 @@ async fn main() {
         None => "path = \"hookwasm.db\"".to_string(),
         Some(url) => format!("url = \"{url}\""),
     };
+    // HOOKWASM_BENCH_BIN=FILE: another build of the host (an older commit's,
+    // say), measured by this same bench against its own bare loop.
+    let bin = std::env::var("HOOKWASM_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookwasm").to_string());
     let mut hosts = Vec::new();
     let mut ingests = Vec::new();
     for i in 0..hosts_n {
@@ -211,14 +215,14 @@ async fn main() {
             .local_addr()
             .unwrap();
         let config = format!(
-            "[server]\nlisten = \"{listen}\"\n[plugins]\ndir = \"plugins\"\n[store]\n{store}\n{retention}\
+            "[server]\nlisten = \"{listen}\"\nopen_metrics = true\n[plugins]\ndir = \"plugins\"\n[store]\n{store}\n{retention}\
              [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
              [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
         );
         let file = dir.path().join(format!("hookwasm-{i}.toml"));
         std::fs::write(&file, config).unwrap();
         hosts.push(
-            Command::new(env!("CARGO_BIN_EXE_hookwasm"))
+            Command::new(&bin)
                 .args(["serve", "--config"])
                 .arg(&file)
                 .env("HOOKWASM_LOG", "warn")
@@ -256,18 +260,15 @@ async fn main() {
     let before = count.load(Ordering::Relaxed);
     // HOOKWASM_BENCH_PERF=FILE: a perf profile of the host over the measured
     // run (call graphs from DWARF: release builds keep no frame pointers).
+    // HOOKWASM_BENCH_PERF_ARGS: what to record instead, such as
+    // "-e raw_syscalls:sys_enter" for the system calls.
     let perf = std::env::var("HOOKWASM_BENCH_PERF").ok().map(|file| {
+        let what = std::env::var("HOOKWASM_BENCH_PERF_ARGS")
+            .unwrap_or_else(|_| "-F 499 --call-graph dwarf,16384".into());
         Command::new("perf")
-            .args([
-                "record",
-                "-F",
-                "499",
-                "--call-graph",
-                "dwarf,16384",
-                "-o",
-                &file,
-                "-p",
-            ])
+            .arg("record")
+            .args(what.split_whitespace())
+            .args(["-o", &file, "-p"])
             .arg(first.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -304,6 +305,22 @@ async fn main() {
             .status();
         let _ = p.wait();
     }
+    // The store's writes per commit on the first host: how well its writer
+    // groups the event path's writes (each commit writes its pages once).
+    let metrics = reqwest::get(ingest.replace("/v1/events", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let figure = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let commits = figure("hookwasm_store_commit_duration_seconds_count");
+    let writes = figure("hookwasm_store_writes_total");
     for host in &mut hosts {
         let _ = Command::new("kill")
             .args(["-TERM", &host.id().to_string()])
@@ -331,6 +348,10 @@ async fn main() {
         "  host CPU per event          {:>10.1} µs (one HTTP exchange, client and receiver: {:.1} µs)",
         host_cpu.as_secs_f64() * 1e6 / n as f64,
         bare_cpu.as_secs_f64() * 1e6 / n as f64
+    );
+    println!(
+        "  store writes per commit     {:>10.1} ({writes} writes, {commits} commits, warm-up included)",
+        writes / commits
     );
     if let Some(server) = server {
         println!(
