@@ -5,6 +5,10 @@
 //!
 //! `cargo bench --bench throughput` (HOOKWASM_BENCH_EVENTS, HOOKWASM_BENCH_CONCURRENCY
 //! change the defaults of 20000 events, 64 at once).
+//!
+//! Then light load: HOOKWASM_BENCH_LIGHT events (500; 0 skips) POSTed one at a
+//! time, each waited for at the receiver: the time from the 202 to the delivery's
+//! arrival, against a bare POST's round trip one at a time in the same run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,22 +76,74 @@ fn pg_server_cpu(server: &str) -> Option<Duration> {
     Some(Duration::from_micros(ticks * 1_000_000 / hz))
 }
 
+/// What the receiver saw: how many requests, and when the last one arrived.
+#[derive(Default)]
+struct Seen {
+    count: AtomicUsize,
+    last: std::sync::Mutex<Option<Instant>>,
+    arrived: tokio::sync::Notify,
+}
+
 /// A receiver that counts requests and answers 200.
-async fn receiver() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
+async fn receiver() -> (std::net::SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let c = seen.clone();
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
         let c = c.clone();
         async move {
             std::hint::black_box(body);
-            c.fetch_add(1, Ordering::Relaxed);
+            *c.last.lock().unwrap() = Some(Instant::now());
+            c.count.fetch_add(1, Ordering::Relaxed);
+            c.arrived.notify_one();
             "ok"
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, count)
+    (addr, seen)
+}
+
+/// Light load: `n` POSTs one at a time to `url`, each followed by waiting for
+/// the receiver to count one more request. Returns, sorted, the time from the
+/// answer to that request's arrival at the receiver (hookwasm's 202 → the
+/// delivery; zero when the delivery came first) and from the POST to it.
+async fn one_at_a_time(
+    url: &str,
+    body: &'static [u8],
+    n: usize,
+    seen: &Seen,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let http = reqwest::Client::new();
+    let (mut after_answer, mut after_post) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let before = seen.count.load(Ordering::SeqCst);
+        let sent = Instant::now();
+        let r = http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let answered = Instant::now();
+        assert!(r.status().is_success(), "{}", r.status());
+        let _ = r.bytes().await;
+        while seen.count.load(Ordering::SeqCst) == before {
+            let _ = tokio::time::timeout(Duration::from_millis(50), seen.arrived.notified()).await;
+        }
+        let arrived = seen.last.lock().unwrap().expect("a request arrived");
+        after_answer.push(arrived.saturating_duration_since(answered));
+        after_post.push(arrived - sent);
+    }
+    after_answer.sort();
+    after_post.sort();
+    (after_answer, after_post)
+}
+
+/// The `q` quantile of sorted `times`, in ms.
+fn quantile(times: &[Duration], q: f64) -> f64 {
+    times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
 }
 
 async fn post_all(url: &str, body: &'static [u8], n: usize, concurrency: usize) -> Duration {
@@ -164,7 +220,18 @@ async fn main() {
         std::fs::read(repo().join("tests/fixtures/events/new_feed_entry.json"))
             .unwrap()
             .leak();
-    let (raddr, count) = receiver().await;
+    let (raddr, seen) = receiver().await;
+    let count = &seen.count;
+    let light = env_or("HOOKWASM_BENCH_LIGHT", 500);
+    // Light load's baseline: the bare POST's round trip, one at a time.
+    let bare_light = match light {
+        0 => Vec::new(),
+        n => {
+            one_at_a_time(&format!("http://{raddr}/light"), body, n, &seen)
+                .await
+                .1
+        }
+    };
 
     // Baseline: the bare POST loop.
     post_all(&format!("http://{raddr}/warm"), body, 2_000, concurrency).await;
@@ -239,7 +306,7 @@ async fn main() {
     let first = hosts[0].id();
     let ingest = ingests[0].clone();
     post_all(&ingest, body, 2_000, concurrency).await; // warm-up
-    while count.load(Ordering::Relaxed) < 2_000 + n + 2_000 {
+    while count.load(Ordering::Relaxed) < 2_000 + light + n + 2_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The planner's statistics of the tables after the warm-up, as
@@ -305,6 +372,11 @@ async fn main() {
             .status();
         let _ = p.wait();
     }
+    // Light load, after the throughput run's deliveries are all in.
+    let (after_202, after_post) = match light {
+        0 => Default::default(),
+        n => one_at_a_time(&ingest, body, n, &seen).await,
+    };
     // The store's writes per commit on the first host: how well its writer
     // groups the event path's writes (each commit writes its pages once).
     let metrics = reqwest::get(ingest.replace("/v1/events", "/metrics"))
@@ -353,6 +425,20 @@ async fn main() {
         "  store writes per commit     {:>10.1} ({writes} writes, {commits} commits, warm-up included)",
         writes / commits
     );
+    if light > 0 {
+        println!(
+            "  light load, one at a time   POST -> delivery p50 {:.2} ms, p99 {:.2} ms; 202 -> delivery p50 {:.2} ms, p99 {:.2} ms ({light} events)",
+            quantile(&after_post, 0.5),
+            quantile(&after_post, 0.99),
+            quantile(&after_202, 0.5),
+            quantile(&after_202, 0.99),
+        );
+        println!(
+            "                              a bare POST's round trip p50 {:.2} ms, p99 {:.2} ms",
+            quantile(&bare_light, 0.5),
+            quantile(&bare_light, 0.99),
+        );
+    }
     if let Some(server) = server {
         println!(
             "  PostgreSQL CPU per event     {:>10.1} µs (the server's processes, on the same cores)",
