@@ -10,28 +10,42 @@
 # aside after each build). The bench executable is built once, from this tree:
 #   cargo bench --bench throughput --no-run
 # HOOKWASM_BENCH_EVENTS (30000 here) and the bench's other settings apply to
-# every run. One line per run; the means per binary at the end.
+# every run; light load is off unless HOOKWASM_BENCH_LIGHT says otherwise. One
+# line per run; the means per binary at the end.
 set -euo pipefail
 runs=$1
 shift
+bins=()
+for bin in "$@"; do
+    bins+=("$(realpath "$bin")")
+done
 target=${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}
 bench=$(ls -t "$target"/release/deps/throughput-* | grep -v '\.d$' | head -1)
 cd "$(dirname "$0")/../host"
 results=$(mktemp)
+trap 'rm -f "$results"' EXIT
 for _ in $(seq 1 "$runs"); do
-    for bin in "$@"; do
+    for bin in "${bins[@]}"; do
         out=$(HOOKWASM_BENCH_BIN=$bin HOOKWASM_BENCH_EVENTS=${HOOKWASM_BENCH_EVENTS:-30000} \
             HOOKWASM_BENCH_LIGHT=${HOOKWASM_BENCH_LIGHT:-0} "$bench" --bench)
         ratio=$(awk '/ratio end to end/ {print $NF}' <<<"$out")
         rate=$(awk '/hookwasm end to end/ {print $5}' <<<"$out")
         cpu=$(awk '/host CPU per event/ {print $5}' <<<"$out")
         exch=$(awk '/host CPU per event/ {print $(NF-1)}' <<<"$out")
-        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch" | tee -a "$results"
+        wpc=$(awk '/store writes per commit/ {print $5}' <<<"$out")
+        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writes_per_commit=$wpc" |
+            tee -a "$results"
     done
 done
 echo "means:"
-awk '{split($2,a,"="); split($3,b,"="); split($4,c,"="); split($5,d,"=");
-      n[$1]++; r[$1]+=a[2]; s[$1]+=b[2]; h[$1]+=c[2]; x[$1]+=c[2]/d[2]}
-     END {for (k in n) printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f\n",
-          k, n[k], r[k]/n[k], s[k]/n[k], h[k]/n[k], x[k]/n[k]}' "$results"
-rm -f "$results"
+awk '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] + 0 }
+        n[$1]++; r[$1] += v["ratio"]; s[$1] += v["deliveries/s"]; h[$1] += v["host_cpu_us"]
+        w[$1] += v["writes_per_commit"]
+        if (v["exchange_cpu_us"] > 0) { x[$1] += v["host_cpu_us"] / v["exchange_cpu_us"]; xn[$1]++ }
+     }
+     END {
+        for (k in n)
+            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writes_per_commit=%.1f\n",
+                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), w[k] / n[k]
+     }' "$results" | sort

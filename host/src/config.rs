@@ -23,6 +23,9 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// The file it was read from (`None` when parsed from text).
     pub path: Option<PathBuf>,
+    /// That file's stamp, taken just before it was read: a change made after
+    /// that, even while the host was still starting, is seen by the reloader.
+    pub stamp: Option<FileStamp>,
     pub server: Server,
     pub plugins: Plugins,
     pub store: Store,
@@ -420,12 +423,31 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
 
 // ---- Loading ---------------------------------------------------------------------
 
+/// What tells one version of a file from the next without reading it: its size,
+/// modification time, inode and device (a file renamed over it, or a link
+/// pointed elsewhere, is another inode). A rewrite in place that keeps its size
+/// within one tick of the file system's clock is not told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp(u64, Option<std::time::SystemTime>, u64, u64);
+
+impl FileStamp {
+    /// The stamp of the file `path` names, following links; `None` if there is
+    /// none to read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp(m.len(), m.modified().ok(), m.ino(), m.dev()))
+    }
+}
+
 impl Config {
     /// Reads and checks the file at `path`; `HOOKWASM_ADMIN_TOKEN` adds an
     /// operator token.
     pub fn load(path: &Path) -> Result<Config> {
+        let stamp = FileStamp::of(path);
         let mut config = Config::load_file(path)?;
         config.path = Some(path.to_path_buf());
+        config.stamp = stamp;
         if let Ok(t) = std::env::var("HOOKWASM_ADMIN_TOKEN")
             && !t.is_empty()
         {
@@ -631,6 +653,7 @@ impl Config {
         Ok(Config {
             base_dir: base_dir.to_path_buf(),
             path: None,
+            stamp: None,
             server,
             plugins,
             store,

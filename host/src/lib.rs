@@ -78,7 +78,9 @@ pub async fn run(
     );
     load_active_uploads(&store, &registry, &directory).await?;
     if let Err(e) = reload::watch(directory.clone(), cancel.clone()) {
-        tracing::error!("the config file is not watched ({e:#}); SIGHUP reloads it");
+        tracing::error!(
+            "the config file is not looked after ({e:#}): a change to it needs a restart"
+        );
     }
     tokio::spawn(store::retention::run(
         store.clone(),

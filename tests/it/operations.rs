@@ -115,11 +115,6 @@ async fn a_linked_config_is_followed() {
     host.wait_client("late").await;
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
     recv.wait_for("/late", 1, WAIT).await;
-    assert!(
-        host.log().contains("reason=\"the file changed\""),
-        "{}",
-        host.log()
-    );
 }
 
 /// SIGHUP reads the file again, even where no change was seen: here the file
@@ -135,6 +130,9 @@ async fn sighup_reloads_the_config() {
     let changed = text.replace(&format!("\"{from}\""), &format!("\"{to}\""));
     assert_eq!(changed.len(), text.len());
     let kept = std::fs::metadata(&host.config).unwrap().modified().unwrap();
+    // A look at the file between these two calls, microseconds apart, would
+    // see the new time and apply the change: a once-a-second poll all but
+    // never lands there.
     std::fs::write(&host.config, &changed).unwrap();
     std::fs::File::options()
         .write(true)
