@@ -126,15 +126,8 @@ async fn one_at_a_time(
     for _ in 0..n {
         let before = seen.count.load(Ordering::SeqCst);
         let sent = Instant::now();
-        let r = http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post_one(&http, url, body).await;
         let answered = Instant::now();
-        assert!(r.status().is_success(), "{}", r.status());
         let _ = r.bytes().await;
         while seen.count.load(Ordering::SeqCst) == before {
             let _ = tokio::time::timeout(Duration::from_millis(50), seen.arrived.notified()).await;
@@ -155,6 +148,19 @@ async fn one_at_a_time(
     times
 }
 
+/// One POST of `body` as JSON, which must succeed.
+async fn post_one(http: &reqwest::Client, url: &str, body: &'static [u8]) -> reqwest::Response {
+    let r = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r
+}
+
 /// The `q` quantile of sorted `times`, in ms.
 fn quantile(times: &[Duration], q: f64) -> f64 {
     times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
@@ -170,14 +176,7 @@ async fn post_all(url: &str, body: &'static [u8], n: usize, concurrency: usize) 
         .map(|_| {
             let http = http.clone();
             async move {
-                let r = http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success(), "{}", r.status());
+                post_one(&http, url, body).await;
             }
         })
         .buffer_unordered(concurrency)
