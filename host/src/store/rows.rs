@@ -297,9 +297,10 @@ pub fn active_uploads(c: &Connection) -> rusqlite::Result<Vec<(String, String)>>
 #[allow(clippy::type_complexity)]
 pub fn queue_depth(c: &Connection) -> rusqlite::Result<(Vec<(String, i64)>, Option<i64>)> {
     let by_state = c
-        .prepare_cached(
-            "SELECT state, COUNT(*) FROM deliveries WHERE state IN ('pending', 'held', 'plugin_error') GROUP BY state",
-        )?
+        .prepare_cached(&format!(
+            "SELECT state, COUNT(*) FROM deliveries WHERE {} GROUP BY state",
+            super::schema::UNFINISHED
+        ))?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
     let retrying: i64 = c.query_row(
@@ -308,7 +309,10 @@ pub fn queue_depth(c: &Connection) -> rusqlite::Result<(Vec<(String, i64)>, Opti
         |r| r.get(0),
     )?;
     let oldest = c.query_row(
-        "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND state IN ('pending', 'held', 'plugin_error')",
+        &format!(
+            "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND {}",
+            super::schema::UNFINISHED
+        ),
         [],
         |r| r.get(0),
     )?;

@@ -254,11 +254,11 @@ impl SqliteStore {
 
     /// Blocking: a client's pending deliveries with `seq > after`, in order.
     //
-    // The loaders' predicates repeat the partial indexes' own (`state IN
-    // ('pending', 'held', 'plugin_error')` beside `state = 'pending'`, say): SQLite
-    // uses a partial index only when the query's WHERE contains the index's
-    // WHERE term for term, and these reads must stay on the small indexes of
-    // unfinished work, never the whole table.
+    // The loaders' predicates repeat the partial indexes' own
+    // ([`schema::UNFINISHED`] beside `state = 'pending'`, say): SQLite uses a
+    // partial index only when the query's WHERE contains the index's WHERE term
+    // for term, and these reads must stay on the small indexes of unfinished
+    // work, never the whole table.
     pub fn load_pending(
         &self,
         client_id: &str,
@@ -266,8 +266,11 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         self.load_jobs(
-            "d.client_id = ?1 AND d.state = 'pending' AND d.state IN ('pending', 'held', 'plugin_error') \
-             AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+            &format!(
+                "d.client_id = ?1 AND d.state = 'pending' AND {} \
+                 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
+                schema::UNFINISHED
+            ),
             params![client_id, after, limit as i64],
         )
     }
@@ -282,9 +285,12 @@ impl SqliteStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         self.load_jobs(
-            "d.client_id = ?1 AND d.state IN ('pending', 'held', 'plugin_error') \
-             AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
-             AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
+            &format!(
+                "d.client_id = ?1 AND {} \
+                 AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
+                 AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
+                schema::UNFINISHED
+            ),
             params![client_id, plugin, after, limit as i64],
         )
     }
@@ -313,10 +319,10 @@ impl SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
         let held = conn
-            .prepare_cached(
-                "SELECT DISTINCT client_id FROM deliveries \
-                 WHERE state IN ('pending', 'held', 'plugin_error') AND state = 'held'",
-            )?
+            .prepare_cached(&format!(
+                "SELECT DISTINCT client_id FROM deliveries WHERE {} AND state = 'held'",
+                schema::UNFINISHED
+            ))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok((retries, held))
