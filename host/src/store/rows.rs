@@ -292,15 +292,23 @@ pub fn active_uploads(c: &Connection) -> rusqlite::Result<Vec<(String, String)>>
     .collect()
 }
 
+pub(super) const QUEUE_BY_STATE: &str = concat!(
+    "SELECT state, COUNT(*) FROM deliveries WHERE ",
+    super::schema::unfinished!(),
+    " GROUP BY state"
+);
+
+pub(super) const OLDEST_PENDING: &str = concat!(
+    "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND ",
+    super::schema::unfinished!()
+);
+
 /// Unfinished deliveries by state, and when the oldest pending one was
 /// created (ms). Both read the partial index of unfinished work only.
 #[allow(clippy::type_complexity)]
 pub fn queue_depth(c: &Connection) -> rusqlite::Result<(Vec<(String, i64)>, Option<i64>)> {
     let by_state = c
-        .prepare_cached(&format!(
-            "SELECT state, COUNT(*) FROM deliveries WHERE {} GROUP BY state",
-            super::schema::UNFINISHED
-        ))?
+        .prepare_cached(QUEUE_BY_STATE)?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
     let retrying: i64 = c.query_row(
@@ -308,14 +316,7 @@ pub fn queue_depth(c: &Connection) -> rusqlite::Result<(Vec<(String, i64)>, Opti
         [],
         |r| r.get(0),
     )?;
-    let oldest = c.query_row(
-        &format!(
-            "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND {}",
-            super::schema::UNFINISHED
-        ),
-        [],
-        |r| r.get(0),
-    )?;
+    let oldest = c.query_row(OLDEST_PENDING, [], |r| r.get(0))?;
     let mut by_state = by_state;
     by_state.push(("retrying".into(), retrying));
     Ok((by_state, oldest))

@@ -131,25 +131,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL);
     "#,
     // 3: the index of unfinished work, the same rows, its WHERE written without an
-    // IN list of three (see `UNFINISHED`).
+    // IN list of three (see `unfinished!`).
     r#"
-    DROP INDEX deliveries_work;
+    DROP INDEX IF EXISTS deliveries_work;
     CREATE INDEX deliveries_work ON deliveries (client_id, state, seq)
         WHERE (state IN ('pending', 'held') OR state = 'plugin_error');
     "#,
 ];
 
 /// The WHERE of `deliveries_work`, the partial index of unfinished deliveries. A
-/// query uses a partial index only when its own WHERE repeats the index's term for
-/// term, so the queries of unfinished work include this text as it is.
+/// query uses a partial index only when its own WHERE implies the index's, which
+/// SQLite checks term by term, so the queries of unfinished work include this
+/// predicate whole (`concat!(…, unfinished!(), …)`, so they stay `&'static str`).
 ///
 /// Not `state IN ('pending', 'held', 'plugin_error')`: SQLite tests a row against
 /// an IN list of more than two constants through a temporary B-tree, which it
 /// builds afresh each time a statement runs. Every insert of a delivery and every
 /// update of one evaluates this WHERE (twice for an update: the row before and
 /// after), so that was three temporary B-trees per event, each with its own page
-/// cache, about 2 % of the host's CPU under load (issue #15).
-pub const UNFINISHED: &str = "(state IN ('pending', 'held') OR state = 'plugin_error')";
+/// cache, 2.6 % of the host's CPU under load (issue #15, BENCHMARKS.md).
+macro_rules! unfinished {
+    () => {
+        "(state IN ('pending', 'held') OR state = 'plugin_error')"
+    };
+}
+pub(super) use unfinished;
 
 /// Opens a connection with the settings every connection needs.
 pub fn open(path: &Path, create: bool) -> Result<Connection> {
@@ -354,10 +360,10 @@ pub fn replay(tx: &Connection, seqs: &[i64]) -> rusqlite::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Connection) {
+    pub(in crate::store) fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(&dir.path().join("s.db"), true).unwrap();
         migrate(&mut conn).unwrap();
@@ -366,7 +372,12 @@ mod tests {
 
     /// Column `col` of each row of `how` (`EXPLAIN` or `EXPLAIN QUERY PLAN`) for
     /// `sql`, its parameters all NULL: the opcodes SQLite would run, or its plan.
-    fn explain(conn: &Connection, how: &str, sql: &str, col: usize) -> Vec<String> {
+    pub(in crate::store) fn explain(
+        conn: &Connection,
+        how: &str,
+        sql: &str,
+        col: usize,
+    ) -> Vec<String> {
         let n = conn.prepare(sql).unwrap().parameter_count();
         let mut stmt = conn.prepare(&format!("{how} {sql}")).unwrap();
         stmt.query_map(
@@ -390,24 +401,27 @@ mod tests {
         }
     }
 
+    /// `.cargo/config.toml` builds the bundled SQLite without the global page
+    /// cache mutex and the memory statistics; a build that missed it (run from
+    /// outside the project, or with `LIBSQLITE3_FLAGS` set by hand) shows here.
     #[test]
-    fn reads_of_unfinished_work_use_its_partial_index() {
-        let (_dir, conn) = store();
-        for sql in [
-            format!(
-                "SELECT seq FROM deliveries WHERE client_id = ?1 AND state = 'pending' AND {UNFINISHED} \
-                 AND seq > ?2 ORDER BY seq LIMIT 10"
-            ),
-            format!(
-                "SELECT DISTINCT client_id FROM deliveries WHERE {UNFINISHED} AND state = 'held'"
-            ),
-            format!(
-                "SELECT MIN(created_at) FROM deliveries WHERE state = 'pending' AND {UNFINISHED}"
-            ),
-        ] {
-            let plan = explain(&conn, "EXPLAIN QUERY PLAN", &sql, 3).join("; ");
-            assert!(plan.contains("deliveries_work"), "{sql}: {plan}");
-        }
+    fn sqlite_is_built_with_the_projects_flags() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
     }
 
     #[test]
@@ -433,11 +447,17 @@ mod tests {
             .unwrap();
         }
         migrate(&mut conn).unwrap();
-        let sql = format!(
-            "SELECT seq FROM deliveries INDEXED BY deliveries_work WHERE {UNFINISHED} ORDER BY seq"
+        let version: usize = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let sql = concat!(
+            "SELECT seq FROM deliveries INDEXED BY deliveries_work WHERE ",
+            unfinished!(),
+            " ORDER BY seq"
         );
         let seqs: Vec<i64> = conn
-            .prepare(&sql)
+            .prepare(sql)
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()

@@ -254,25 +254,17 @@ impl SqliteStore {
 
     /// Blocking: a client's pending deliveries with `seq > after`, in order.
     //
-    // The loaders' predicates repeat the partial indexes' own
-    // ([`schema::UNFINISHED`] beside `state = 'pending'`, say): SQLite uses a
-    // partial index only when the query's WHERE contains the index's WHERE term
-    // for term, and these reads must stay on the small indexes of unfinished
-    // work, never the whole table.
+    // The loaders' predicates repeat the partial indexes' own (`unfinished!()`
+    // beside `state = 'pending'`, say): SQLite uses a partial index only when the
+    // query's WHERE implies the index's, and these reads must stay on the small
+    // indexes of unfinished work. One exception, `PARKED`: see there.
     pub fn load_pending(
         &self,
         client_id: &str,
         after: i64,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        self.load_jobs(
-            &format!(
-                "d.client_id = ?1 AND d.state = 'pending' AND {} \
-                 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3",
-                schema::UNFINISHED
-            ),
-            params![client_id, after, limit as i64],
-        )
+        self.load_jobs(PENDING, params![client_id, after, limit as i64])
     }
 
     /// Blocking: a client's deliveries parked until a plugin changes: every `held`
@@ -284,15 +276,7 @@ impl SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        self.load_jobs(
-            &format!(
-                "d.client_id = ?1 AND {} \
-                 AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
-                 AND d.seq > ?3 ORDER BY d.seq LIMIT ?4",
-                schema::UNFINISHED
-            ),
-            params![client_id, plugin, after, limit as i64],
-        )
+        self.load_jobs(PARKED, params![client_id, plugin, after, limit as i64])
     }
 
     /// Blocking: a client's retries due at `now`, soonest first.
@@ -319,10 +303,7 @@ impl SqliteStore {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
         let held = conn
-            .prepare_cached(&format!(
-                "SELECT DISTINCT client_id FROM deliveries WHERE {} AND state = 'held'",
-                schema::UNFINISHED
-            ))?
+            .prepare_cached(HELD_CLIENTS)?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
         Ok((retries, held))
@@ -350,12 +331,7 @@ impl SqliteStore {
         params: impl rusqlite::Params,
     ) -> Result<Vec<Job>, StoreError> {
         let conn = self.reader.lock().unwrap();
-        let sql = format!(
-            "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
-                    e.id, e.body, e.received_at \
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {filter}"
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(&jobs_sql(filter))?;
         let rows = stmt.query_map(params, |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -418,6 +394,41 @@ impl SqliteStore {
         Ok(jobs)
     }
 }
+
+/// The loaders' query, `filter` its WHERE and order.
+fn jobs_sql(filter: &str) -> String {
+    format!(
+        "SELECT d.seq, d.id, d.client_id, d.attempts, d.rendered, d.plugin, d.content_type, d.headers, d.body, \
+                e.id, e.body, e.received_at \
+         FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE {filter}"
+    )
+}
+
+/// A client's pending deliveries after a seq, in order.
+const PENDING: &str = concat!(
+    "d.client_id = ?1 AND d.state = 'pending' AND ",
+    schema::unfinished!(),
+    " AND d.seq > ?2 ORDER BY d.seq LIMIT ?3"
+);
+
+/// A client's parked deliveries (held, or failed on another plugin version)
+/// after a seq, in order. For this one SQLite walks the client's deliveries in
+/// seq order from the cursor (`deliveries_client`), which needs no sort, rather
+/// than the work index: a reload's pages read the client's history from its
+/// first parked delivery on, once.
+const PARKED: &str = concat!(
+    "d.client_id = ?1 AND ",
+    schema::unfinished!(),
+    " AND (d.state = 'held' OR (d.state = 'plugin_error' AND IFNULL(d.plugin, '') != ?2)) \
+     AND d.seq > ?3 ORDER BY d.seq LIMIT ?4"
+);
+
+/// The clients with held deliveries.
+const HELD_CLIENTS: &str = concat!(
+    "SELECT DISTINCT client_id FROM deliveries WHERE ",
+    schema::unfinished!(),
+    " AND state = 'held'"
+);
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
@@ -566,5 +577,28 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
             }
             Op::Client { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::schema::tests::{explain, store};
+
+    #[test]
+    fn reads_of_unfinished_work_use_its_partial_index() {
+        let (_dir, conn) = store();
+        for sql in [
+            jobs_sql(PENDING),
+            HELD_CLIENTS.to_string(),
+            super::super::rows::QUEUE_BY_STATE.to_string(),
+            super::super::rows::OLDEST_PENDING.to_string(),
+        ] {
+            let plan = explain(&conn, "EXPLAIN QUERY PLAN", &sql, 3).join("; ");
+            assert!(plan.contains("deliveries_work"), "{sql}: {plan}");
+        }
+        // The parked ones go through the client's deliveries in order (see PARKED).
+        let plan = explain(&conn, "EXPLAIN QUERY PLAN", &jobs_sql(PARKED), 3).join("; ");
+        assert!(plan.contains("deliveries_client"), "{plan}");
     }
 }
