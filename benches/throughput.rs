@@ -205,17 +205,41 @@ fn build_passthrough() -> PathBuf {
     repo().join("plugins/target/wasm32-wasip2/release/passthrough.wasm")
 }
 
+/// This run's database on the PostgreSQL server at `server`.
+fn database_name() -> String {
+    format!("bench_{}", std::process::id())
+}
+
+/// Runs `sql` (one command per item) on the server's `postgres` database.
+fn psql(server: &str, sql: &[String]) {
+    let mut psql = Command::new("/usr/lib/postgresql/15/bin/psql");
+    psql.arg(format!("{server}/postgres")).args(["-X", "-q"]);
+    for command in sql {
+        psql.args(["-c", command]);
+    }
+    let status = psql.status().expect("psql (Debian's PostgreSQL 15)");
+    assert!(status.success());
+}
+
 /// A new database on the PostgreSQL server at `server`; its url.
 fn fresh_database(server: &str) -> String {
-    let name = format!("bench_{}", std::process::id());
-    let status = Command::new("/usr/lib/postgresql/15/bin/psql")
-        .arg(format!("{server}/postgres"))
-        .args(["-X", "-q", "-c", &format!("DROP DATABASE IF EXISTS {name}")])
-        .args(["-c", &format!("CREATE DATABASE {name}")])
-        .status()
-        .expect("psql (Debian's PostgreSQL 15)");
-    assert!(status.success());
+    let name = database_name();
+    psql(
+        server,
+        &[
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ],
+    );
     format!("{server}/{name}")
+}
+
+/// Drops this run's database, once no host uses it.
+fn drop_database(server: &str) {
+    psql(
+        server,
+        &[format!("DROP DATABASE IF EXISTS {}", database_name())],
+    );
 }
 
 #[tokio::main]
@@ -458,7 +482,10 @@ async fn main() {
             server.as_secs_f64() * 1e6 / n as f64
         );
     }
-    if pg.is_some() {
+    if let Some(server) = &pg {
+        // The hosts have stopped: the run's database goes, so that runs one
+        // after another (benches/compare.sh) do not pile up databases.
+        drop_database(server);
         return;
     }
     // The store after a clean stop (its WAL checkpointed), per event stored.
