@@ -43,6 +43,11 @@ impl Sender {
         let policy = AddressPolicy::new(&client.delivery);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Every attempt is ours to record and to schedule: no retry inside
+            // reqwest (by default it resends on an HTTP/2 refusal, unrecorded).
+            // `max_retries_per_request(0)` also spares each request the copy of
+            // its headers that reqwest's retry layer otherwise makes in case.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .no_proxy()
             .timeout(client.delivery.timeout)
             .connect_timeout(client.delivery.connect_timeout)
