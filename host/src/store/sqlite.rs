@@ -591,8 +591,8 @@ mod tests {
         for sql in [
             jobs_sql(PENDING),
             HELD_CLIENTS.to_string(),
-            super::super::rows::QUEUE_BY_STATE.to_string(),
-            super::super::rows::OLDEST_PENDING.to_string(),
+            crate::store::rows::QUEUE_BY_STATE.to_string(),
+            crate::store::rows::OLDEST_PENDING.to_string(),
         ] {
             let plan = explain(&conn, "EXPLAIN QUERY PLAN", &sql, 3).join("; ");
             assert!(plan.contains("deliveries_work"), "{sql}: {plan}");
