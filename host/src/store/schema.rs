@@ -389,6 +389,16 @@ pub(super) mod tests {
         .collect()
     }
 
+    /// The first column of every row of `sql`.
+    fn first_column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     #[test]
     fn the_event_path_builds_no_temporary_btree() {
         let (_dir, conn) = store();
@@ -407,13 +417,7 @@ pub(super) mod tests {
     #[test]
     fn sqlite_is_built_with_the_projects_flags() {
         let conn = Connection::open_in_memory().unwrap();
-        let options: Vec<String> = conn
-            .prepare("PRAGMA compile_options")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let options: Vec<String> = first_column(&conn, "PRAGMA compile_options");
         assert!(
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "{options:?}"
@@ -456,13 +460,7 @@ pub(super) mod tests {
             unfinished!(),
             " ORDER BY seq"
         );
-        let seqs: Vec<i64> = conn
-            .prepare(sql)
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let seqs: Vec<i64> = first_column(&conn, sql);
         assert_eq!(seqs, [1, 3, 4]);
     }
 }
