@@ -370,30 +370,17 @@ pub(super) mod tests {
         (dir, conn)
     }
 
-    /// Column `col` of each row of `how` (`EXPLAIN` or `EXPLAIN QUERY PLAN`) for
-    /// `sql`, its parameters all NULL: the opcodes SQLite would run, or its plan.
-    pub(in crate::store) fn explain(
+    /// Column `col` of every row of `sql`, its parameters all NULL: with
+    /// `EXPLAIN` in front, the opcodes SQLite would run (column 1) or, with
+    /// `EXPLAIN QUERY PLAN`, its plan (column 3).
+    pub(in crate::store) fn column<T: rusqlite::types::FromSql>(
         conn: &Connection,
-        how: &str,
         sql: &str,
         col: usize,
-    ) -> Vec<String> {
-        let n = conn.prepare(sql).unwrap().parameter_count();
-        let mut stmt = conn.prepare(&format!("{how} {sql}")).unwrap();
-        stmt.query_map(
-            rusqlite::params_from_iter(vec![rusqlite::types::Null; n]),
-            |r| r.get::<_, String>(col),
-        )
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-    }
-
-    /// The first column of every row of `sql`.
-    fn first_column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
-        conn.prepare(sql)
-            .unwrap()
-            .query_map([], |r| r.get(0))
+    ) -> Vec<T> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get(col))
             .unwrap()
             .map(Result::unwrap)
             .collect()
@@ -403,7 +390,7 @@ pub(super) mod tests {
     fn the_event_path_builds_no_temporary_btree() {
         let (_dir, conn) = store();
         for sql in [INSERT_DELIVERY, UPDATE_DELIVERY] {
-            let ops = explain(&conn, "EXPLAIN", sql, 1);
+            let ops: Vec<String> = column(&conn, &format!("EXPLAIN {sql}"), 1);
             assert!(
                 !ops.iter().any(|op| op == "OpenEphemeral"),
                 "{sql} builds a temporary B-tree: {ops:?}"
@@ -417,7 +404,7 @@ pub(super) mod tests {
     #[test]
     fn sqlite_is_built_with_the_projects_flags() {
         let conn = Connection::open_in_memory().unwrap();
-        let options: Vec<String> = first_column(&conn, "PRAGMA compile_options");
+        let options: Vec<String> = column(&conn, "PRAGMA compile_options", 0);
         assert!(
             options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
             "{options:?}"
@@ -460,7 +447,7 @@ pub(super) mod tests {
             unfinished!(),
             " ORDER BY seq"
         );
-        let seqs: Vec<i64> = first_column(&conn, sql);
+        let seqs: Vec<i64> = column(&conn, sql, 0);
         assert_eq!(seqs, [1, 3, 4]);
     }
 }

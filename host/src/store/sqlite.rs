@@ -583,7 +583,12 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::tests::{explain, store};
+    use crate::store::schema::tests::{column, store};
+
+    /// How SQLite would run `sql`, its plan's lines joined.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        column::<String>(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3).join("; ")
+    }
 
     #[test]
     fn reads_of_unfinished_work_use_its_partial_index() {
@@ -594,11 +599,11 @@ mod tests {
             crate::store::rows::QUEUE_BY_STATE.to_string(),
             crate::store::rows::OLDEST_PENDING.to_string(),
         ] {
-            let plan = explain(&conn, "EXPLAIN QUERY PLAN", &sql, 3).join("; ");
+            let plan = plan(&conn, &sql);
             assert!(plan.contains("deliveries_work"), "{sql}: {plan}");
         }
         // The parked ones go through the client's deliveries in order (see PARKED).
-        let plan = explain(&conn, "EXPLAIN QUERY PLAN", &jobs_sql(PARKED), 3).join("; ");
+        let plan = plan(&conn, &jobs_sql(PARKED));
         assert!(plan.contains("deliveries_client"), "{plan}");
     }
 }
