@@ -490,16 +490,18 @@ async fn file_clients_are_the_files_and_an_operator_plugin_is_not_replaced() {
         .api("POST", "/v1/admin/clients/filed/tokens", op, None)
         .await;
     let token = tok["token"].as_str().unwrap().to_string();
-    let did = filed[0].header("webhook-id");
-    let (status, one) = host
-        .api(
-            "GET",
-            &format!("/v1/clients/filed/deliveries/{did}"),
-            Some(&token),
-            None,
-        )
+    // (The receiver has it before the host records the attempt and its rendering.)
+    let path = format!(
+        "/v1/clients/filed/deliveries/{}",
+        filed[0].header("webhook-id")
+    );
+    let one = eventually(WAIT, "the attempt is recorded")
+        .until(async || {
+            let (status, one) = host.api("GET", &path, Some(&token), None).await;
+            assert_eq!(status, 200, "{one}");
+            (one["state"] == "delivered").then_some(one)
+        })
         .await;
-    assert_eq!(status, 200, "{one}");
     assert_eq!(one["event_body"], Value::Null, "{one}");
     assert!(
         one["rendered"]["body"]
@@ -548,7 +550,12 @@ async fn a_deleted_client_stops_and_its_id_is_not_given_again() {
         .iter()
         .map(|d| d["state"].as_str().unwrap())
         .collect();
-    assert_eq!(states, ["failed", "failed"], "{page}");
+    assert_eq!(
+        states,
+        ["failed", "failed"],
+        "{page}\nhost log:\n{}",
+        host.log()
+    );
     assert_eq!(
         host.api("GET", "/v1/clients/gone", Some(&token), None)
             .await
@@ -568,7 +575,8 @@ async fn a_deleted_client_stops_and_its_id_is_not_given_again() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         recv.got("/gone").is_empty(),
-        "nothing went to the deleted client"
+        "nothing went to the deleted client; host log:\n{}",
+        host.log()
     );
 }
 

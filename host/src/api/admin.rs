@@ -44,7 +44,7 @@ pub(super) async fn client_view(st: &Api, entry: &Entry) -> ApiResult<Value> {
             Some(s.plugin_state),
         ),
         None => {
-            let h = st.queue.health(id).await?;
+            let h = st.queue.health(id).await?.unwrap_or_default();
             (h.disabled, h.failing_since, 0, None)
         }
     };

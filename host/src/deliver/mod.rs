@@ -221,7 +221,7 @@ impl Dispatcher {
                     }
                 }
                 None => {
-                    let health = self.queue.health(id).await?;
+                    let health = self.queue.health(id).await?.unwrap_or_default();
                     let worker = Arc::new(Worker {
                         id: id.to_string(),
                         label: crate::metrics::SharedString::from(id.to_string()),
@@ -321,7 +321,7 @@ impl Dispatcher {
                 w.wake.notify_one();
             }
             None => {
-                let mut health = self.queue.health(id).await?;
+                let mut health = self.queue.health(id).await?.unwrap_or_default();
                 change(&mut health);
                 self.queue.set_health(id, &health, HealthBy::Operator);
             }
@@ -482,7 +482,10 @@ impl Worker {
         // its wake-up can bring us here at once: read the store only after
         // what was sent is committed, or a stale "enabled" undoes the pause.
         self.queue.flush().await;
-        if let Ok(Health { disabled: None, .. }) = self.queue.health(&self.id).await {
+        // Only a record that says "enabled" ends a pause. No record at all is
+        // a client being deleted (its record goes before its worker stops):
+        // taking that for "enabled" sent its kept events out as it went.
+        if let Ok(Some(Health { disabled: None, .. })) = self.queue.health(&self.id).await {
             tracing::info!(client = %self.id, "client enabled again");
             *self.health.lock().unwrap() = Health::default();
         }

@@ -163,8 +163,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Looks for work that reached the store some other way.
     fn sweep(&self) -> BoxFuture<'_, Result<Sweep, QueueError>>;
 
-    /// `client`'s recorded health.
-    fn health(&self, client: &str) -> BoxFuture<'_, Result<Health, QueueError>>;
+    /// `client`'s recorded health; `None` when the store holds none: the client
+    /// was never paused nor failing, or it was deleted (which forgets it).
+    fn health(&self, client: &str) -> BoxFuture<'_, Result<Option<Health>, QueueError>>;
 
     /// Records `client`'s health (not waiting for the commit).
     fn set_health(&self, client: &str, health: &Health, by: HealthBy);

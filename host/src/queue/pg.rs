@@ -595,15 +595,15 @@ impl Queue for PgQueue {
         .boxed()
     }
 
-    fn health(&self, client: &str) -> BoxFuture<'_, Result<Health, QueueError>> {
+    fn health(&self, client: &str) -> BoxFuture<'_, Result<Option<Health>, QueueError>> {
         let client = client.to_string();
         async move {
             self.flush().await;
-            let (disabled, failing_since) = self.store.client_state(&client).await?;
-            Ok(Health {
+            let state = self.store.client_state(&client).await?;
+            Ok(state.map(|(disabled, failing_since)| Health {
                 disabled,
                 failing_since,
-            })
+            }))
         }
         .boxed()
     }

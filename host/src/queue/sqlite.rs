@@ -415,18 +415,17 @@ impl Queue for SqliteQueue {
         .boxed()
     }
 
-    fn health(&self, client: &str) -> BoxFuture<'_, Result<Health, QueueError>> {
+    fn health(&self, client: &str) -> BoxFuture<'_, Result<Option<Health>, QueueError>> {
         let client = client.to_string();
         async move {
             let store = self.store.clone();
-            let (disabled, failing_since) =
-                tokio::task::spawn_blocking(move || store.client_state(&client))
-                    .await
-                    .map_err(|e| QueueError::Crashed(e.to_string()))??;
-            Ok(Health {
+            let state = tokio::task::spawn_blocking(move || store.client_state(&client))
+                .await
+                .map_err(|e| QueueError::Crashed(e.to_string()))??;
+            Ok(state.map(|(disabled, failing_since)| Health {
                 disabled,
                 failing_since,
-            })
+            }))
         }
         .boxed()
     }
@@ -510,5 +509,36 @@ mod tests {
         // reads a page of them only, and must read on past it.
         q.rewind("a", 1);
         assert_eq!(seqs(&q.claim_fresh("a", 2).await), [3, 4]);
+    }
+
+    /// A worker ends a pause only on a record that says "enabled": a client
+    /// with no record (never paused, or deleted) must read as none at all.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn health_is_none_until_recorded_and_after_the_client_is_deleted() {
+        let (_dir, q) = queue_with(0).await;
+        assert_eq!(q.health("a").await.unwrap(), None);
+        let paused = Health {
+            disabled: Some("paused".into()),
+            failing_since: None,
+        };
+        q.set_health("a", &paused, crate::queue::HealthBy::Operator);
+        q.flush().await;
+        assert_eq!(q.health("a").await.unwrap(), Some(paused.clone()));
+        q.set_health("a", &Health::default(), crate::queue::HealthBy::Operator);
+        q.flush().await;
+        assert_eq!(q.health("a").await.unwrap(), Some(Health::default()));
+        let store = crate::store::Store::Sqlite(q.store.clone());
+        assert!(
+            !store.delete_api_client("a").await.unwrap(),
+            "not an API client"
+        );
+        store
+            .create_api_client("b", "{}".into(), "whsec_x".into())
+            .await
+            .unwrap();
+        q.set_health("b", &paused, crate::queue::HealthBy::Operator);
+        q.flush().await;
+        assert!(store.delete_api_client("b").await.unwrap());
+        assert_eq!(q.health("b").await.unwrap(), None);
     }
 }

@@ -70,6 +70,10 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// (client, soonest retry in ms) for every client with a retry scheduled.
 pub type DueRetries = Vec<(String, i64)>;
 
+/// A client's recorded health: why it is disabled, and since when (ms) every
+/// delivery to it has failed.
+pub type ClientState = (Option<String>, Option<i64>);
+
 /// The store, on one back end or the other; cheap to clone.
 #[derive(Clone)]
 pub enum Store {

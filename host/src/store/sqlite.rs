@@ -309,11 +309,8 @@ impl SqliteStore {
         Ok((retries, held))
     }
 
-    /// Blocking: a client's recorded health: (disabled reason, failing since).
-    pub fn client_state(
-        &self,
-        client_id: &str,
-    ) -> Result<(Option<String>, Option<i64>), StoreError> {
+    /// Blocking: a client's recorded health, if the store holds any.
+    pub fn client_state(&self, client_id: &str) -> Result<Option<super::ClientState>, StoreError> {
         let conn = self.reader.lock().unwrap();
         Ok(conn
             .query_row(
@@ -321,8 +318,7 @@ impl SqliteStore {
                 [client_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?
-            .unwrap_or((None, None)))
+            .optional()?)
     }
 
     fn load_jobs(

@@ -422,11 +422,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// A client's recorded health: (disabled reason, failing since).
+    /// A client's recorded health, if the store holds any.
     pub async fn client_state(
         &self,
         client_id: &str,
-    ) -> Result<(Option<String>, Option<i64>), StoreError> {
+    ) -> Result<Option<crate::store::ClientState>, StoreError> {
         let conn = self.conn().await?;
         Ok(conn
             .query_opt(
@@ -434,7 +434,7 @@ impl PgStore {
                 &[&client_id],
             )
             .await?
-            .map_or((None, None), |r| (r.get(0), r.get(1))))
+            .map(|r| (r.get(0), r.get(1))))
     }
 
     /// As SQLite's: rendered ones are resent as stored, now; the others are
