@@ -298,6 +298,8 @@ async fn a_client_token_reaches_its_own_routes_only() {
     assert_eq!(host.post(fixture(EVENT)).await.0, 202);
     let got = recv.wait_for("/a", 1, WAIT).await;
     let did = got[0].header("webhook-id").to_string();
+    // Recorded, not only received: a delivery on its way is not replayed.
+    host.wait_state("a", 1, "delivered").await;
 
     let routes: Vec<(&str, String, Option<Vec<u8>>)> = vec![
         ("GET", "/v1/clients/a".into(), None),

@@ -95,8 +95,18 @@ async fn gone_disables_the_client_and_keeps_its_new_events_until_enabled() {
         .await;
     assert_eq!(host.post(numbered(1)).await.0, 202);
     host.wait_state("gone", 1, "failed").await;
-    let (_, out, _) = host.cli(&["clients", "list"]);
-    assert!(out.contains("DISABLED") && out.contains("410"), "{out}");
+    // (On PostgreSQL the health is written after the delivery's record.)
+    eventually(WAIT, "the client to be disabled")
+        .every(Duration::from_millis(100))
+        .until(async || {
+            let (_, out, _) = host.cli(&["clients", "list"]);
+            if out.contains("DISABLED") && out.contains("410") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        })
+        .await;
     assert!(
         host.log().contains("client disabled"),
         "reported: {}",
@@ -223,13 +233,21 @@ async fn a_hanging_or_failing_client_does_not_hold_up_a_healthy_one() {
             .all(|d| d["attempts"].as_array().unwrap().is_empty()),
         "the healthy client finished before the hanging one completed any attempt"
     );
-    let st = host.status().await;
-    let hang = st["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == "hang")
-        .unwrap();
+    // Its attempts start as the worker gets to them: wait for a second one,
+    // then see that a third never starts.
+    let hang = eventually(WAIT, "two attempts in flight to the hanging client")
+        .until(async || {
+            let st = host.status().await;
+            let hang = st["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == "hang")
+                .unwrap()
+                .clone();
+            (hang["in_flight"].as_u64().unwrap() >= 2).then_some(hang)
+        })
+        .await;
     assert_eq!(
         hang["in_flight"].as_u64().unwrap(),
         2,
@@ -316,6 +334,8 @@ async fn replay_resends_one_delivery_or_a_clients_since_a_time() {
     }
     let first = recv.wait_for("/c", 3, WAIT).await;
     let id = first[0].header("webhook-id").to_string();
+    // Recorded, not only received: a delivery on its way is not replayed.
+    host.wait_state("c", 3, "delivered").await;
 
     let (code, out, err) = host.cli(&["replay", "--delivery", &id]);
     assert_eq!(code, 0, "{err}");
@@ -327,6 +347,12 @@ async fn replay_resends_one_delivery_or_a_clients_since_a_time() {
         "a replay keeps the webhook-id"
     );
     assert_eq!(got[3].body, first[0].body);
+    host.wait_rows("c", 1, |r| {
+        r["id"] == id.as_str()
+            && r["state"] == "delivered"
+            && r["attempts"].as_array().unwrap().len() == 2
+    })
+    .await;
 
     let (code, out, err) = host.cli(&["replay", "--client", "c", "--since", "1h"]);
     assert_eq!(code, 0, "{err}");

@@ -470,7 +470,7 @@ async fn an_embedded_store_moves_into_postgres_with_its_history_and_its_work() {
     recv.wait_for("/up", 5, WAIT).await;
     recv.wait_for("/made", 5, WAIT).await;
     host.wait_state("later", 5, "retrying").await;
-    let before: Vec<Value> = host.deliveries("up");
+    let before: Vec<Value> = host.wait_state("up", 5, "delivered").await;
     let status = host.sigterm().await;
     assert!(status.success(), "{status}\n{}", host.log());
 

@@ -134,7 +134,7 @@ async fn both_formats_reach_each_client_transformed_by_its_plugin() {
     );
 
     // The skip is recorded with its reason and the plugin version.
-    let public = host.deliveries("public-site");
+    let public = host.wait_state("public-site", 1, "skipped").await;
     let skipped: Vec<_> = public.iter().filter(|d| d["state"] == "skipped").collect();
     assert_eq!(skipped.len(), 1, "{public:?}");
     assert!(
@@ -300,11 +300,8 @@ async fn invalid_utf8_anywhere_in_the_body_is_a_400() {
     recv.wait_for("/chat", 1, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recv.all().len(), 2, "only the valid event went out");
-    assert!(
-        host.deliveries("chat")
-            .iter()
-            .all(|r| r["state"] == "delivered")
-    );
+    let rows = host.wait_state("chat", 1, "delivered").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
 }
 
 /// Sends `request` on a fresh connection and returns what comes back until the

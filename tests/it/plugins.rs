@@ -172,11 +172,8 @@ async fn hostile_plugins_hurt_only_their_own_deliveries() {
             .contains("evil:net/raw-socket"),
         "{bad}"
     );
-    assert!(
-        host.deliveries("imports")
-            .iter()
-            .all(|r| r["state"] == "held")
-    );
+    let held = host.wait_state("imports", 4, "held").await;
+    assert!(held.iter().all(|r| r["state"] == "held"), "{held:?}");
 
     // Still serving, and memory back near where it was.
     assert_eq!(host.post(numbered(9)).await.0, 202);

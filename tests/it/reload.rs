@@ -38,8 +38,9 @@ async fn replacing_a_plugin_under_traffic_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recv.got("/c").len(), total, "no delivery doubled");
 
-    // In event order, the versions go old… then new…, and each body is that version's.
-    let mut rows = host.deliveries("c");
+    // In event order, the versions go old… then new…, and each body is that
+    // version's (as recorded: the receiver has each before the host records it).
+    let mut rows = host.wait_state("c", total, "delivered").await;
     rows.reverse(); // the listing is newest first
     assert_eq!(rows.len(), total);
     let by_id: std::collections::HashMap<String, &Got> = got
@@ -135,9 +136,9 @@ async fn a_missing_plugin_holds_deliveries_until_it_arrives() {
         recv.got("/c").is_empty(),
         "fail closed: nothing is sent without the plugin"
     );
-    let rows = host.deliveries("c");
+    // Each is held once the worker found no plugin for it.
+    let rows = host.wait_state("c", 5, "held").await;
     assert_eq!(rows.len(), 5);
-    assert!(rows.iter().all(|r| r["state"] == "held"), "{rows:?}");
     assert!(rows[0]["reason"].as_str().unwrap().contains("late.wasm"));
 
     host.install_plugin("late.wasm", &plugin("passthrough"));
@@ -178,7 +179,12 @@ async fn a_plugin_error_holds_that_delivery_and_never_sends_raw() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recv.got("/c").len(), 1);
-    let rows = host.deliveries("c");
+    // Recorded once the plugin's error is (the good one's record may come first).
+    let rows = host
+        .wait_rows("c", 1, |r| {
+            r["event"] == "record.created" && r["state"] != "pending"
+        })
+        .await;
     let err = rows
         .iter()
         .find(|r| r["event"] == "record.created")
