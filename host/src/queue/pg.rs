@@ -390,6 +390,29 @@ impl PgQueue {
             .collect()
     }
 
+    /// `jobs`, claimed from the store, with the inbox's deliveries older than
+    /// the newest of them, in seq order. Such a one reached the inbox while
+    /// the store was asked (leased here by its ingest, so the claim passed it
+    /// by), and rows after it were not: the next ingest of the same sequence of
+    /// posts found older rows of another host unclaimed and left its own to a
+    /// claim. Left in the inbox, it would go out after its successors.
+    fn with_inbox(&self, client: &str, mut jobs: Vec<Job>) -> Vec<Job> {
+        let Some(newest) = jobs.iter().map(|j| j.seq).max() else {
+            return jobs;
+        };
+        let mut clients = self.clients.lock().unwrap();
+        if let Some(h) = clients.get_mut(client)
+            && h.inbox.iter().any(|j| j.seq < newest)
+        {
+            let (older, newer): (VecDeque<Job>, VecDeque<Job>) =
+                h.inbox.drain(..).partition(|j| j.seq < newest);
+            h.inbox = newer;
+            jobs.extend(older);
+            jobs.sort_by_key(|j| j.seq);
+        }
+        jobs
+    }
+
     /// The claims on `seqs` ended; a handover waiting for them may go on.
     fn ended(&self, client: &str, seqs: impl IntoIterator<Item = i64>) {
         let mut clients = self.clients.lock().unwrap();
@@ -408,9 +431,11 @@ impl PgQueue {
         if !self.may_claim(client).await {
             return Vec::new();
         }
-        if let Claim::Fresh = kind {
+        let fresh = matches!(kind, Claim::Fresh);
+        if fresh {
             // The inbox holds the oldest fresh work this host may take (see
-            // the header); the store is asked only once it is empty.
+            // the header); the store is asked only once it is empty, and what
+            // reaches it meanwhile joins the claim in order (`with_inbox`).
             let mut clients = self.clients.lock().unwrap();
             if let Some(h) = clients.get_mut(client)
                 && !h.inbox.is_empty()
@@ -420,6 +445,7 @@ impl PgQueue {
             }
         }
         match self.store.claim(client, kind, limit).await {
+            Ok(jobs) if fresh => self.with_inbox(client, self.claimed(client, jobs)),
             Ok(jobs) => self.claimed(client, jobs),
             Err(e) => {
                 tracing::error!(client, "cannot claim work from the store: {e}");
