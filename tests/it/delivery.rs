@@ -146,7 +146,7 @@ async fn gone_disables_the_client_and_keeps_its_new_events_until_enabled() {
 async fn a_burst_of_gone_answers_fails_one_delivery_and_keeps_the_rest() {
     let recv = Receiver::start().await;
     recv.set_statuses("/gone", &[410]);
-    recv.set_delay("/gone", Duration::from_millis(300));
+    recv.set_delay("/gone", Duration::from_secs(1));
     let host = Config::new()
         .client(Client::to(&recv, "gone").max_in_flight(4))
         .start()
@@ -323,6 +323,45 @@ async fn private_addresses_are_refused_unless_allowed() {
         );
     }
     assert!(recv.got("/literal").is_empty() && recv.got("/named").is_empty());
+}
+
+/// A delivery with an attempt in flight is on its way, as a pending one is: a
+/// replay then is refused (the attempt's outcome, recorded after, would undo
+/// it, and the 202 would be a promise not kept); once recorded, it replays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_with_an_attempt_in_flight_is_not_replayed_until_it_lands() {
+    let recv = Receiver::start().await;
+    recv.set_statuses("/c", &[500, 200]);
+    let host = Config::new()
+        .client(Client::to(&recv, "c").retry_schedule(&["1s"]))
+        .start()
+        .await;
+    assert_eq!(host.post(numbered(1)).await.0, 202);
+    let rows = host.wait_state("c", 1, "retrying").await;
+    let id = rows[0]["id"].as_str().unwrap().to_string();
+    // The retry, due in a second, hangs in the receiver for a while.
+    recv.set_delay("/c", Duration::from_secs(4));
+    eventually(WAIT, "the retry to be in flight")
+        .until(async || host.status().await["clients"][0]["in_flight"] == 1)
+        .await;
+    let path = format!("/v1/admin/deliveries/{id}/replay");
+    let (status, answer) = host.api("POST", &path, Some(OPERATOR), None).await;
+    assert_eq!(status, 404, "on its way: {answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("on its way"),
+        "{answer}"
+    );
+
+    host.wait_rows("c", 1, |r| r["state"] == "delivered").await;
+    recv.set_delay("/c", Duration::ZERO);
+    let (status, answer) = host.api("POST", &path, Some(OPERATOR), None).await;
+    assert_eq!(status, 202, "{answer}");
+    let got = recv.wait_for("/c", 3, WAIT).await;
+    assert_eq!(got[2].header("webhook-id"), id);
+    host.wait_rows("c", 1, |r| {
+        r["state"] == "delivered" && r["attempts"].as_array().unwrap().len() == 3
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -300,6 +300,9 @@ pub(super) async fn replay(
     state: Option<String>,
 ) -> ApiResult<usize> {
     let seqs = st.store.select(delivery, client, since, state).await?;
+    // One on its way is left alone, as a pending one is: the outcome of its
+    // attempt, recorded after, would undo the replay.
+    let seqs = st.queue.not_claimed(seqs);
     if seqs.is_empty() {
         return Ok(0);
     }
@@ -334,7 +337,7 @@ async fn get_delivery(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>)
 #[utoipa::path(post, path = "/v1/admin/deliveries/{id}/replay", tag = "operator", security(("operator" = [])),
     params(("id" = String, Path, description = "`msg_…`")),
     responses((status = 202, description = "due again: sent as stored, or rendered afresh if it never was", body = Replayed),
-        (status = 404, description = "no such delivery, or a pending one", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
+        (status = 404, description = "no such delivery, or one on its way (pending, or an attempt in flight)", body = ErrorBody), (status = 401, description = "no token, or one that is not known", body = ErrorBody), (status = 403, description = "a client token on an operator route", body = ErrorBody)))]
 async fn replay_one(_: Operator, State(st): State<Arc<Api>>, P(id): P<String>) -> ApiResult {
     replay_answer(&st, Some(id), None, None, None).await
 }
@@ -386,7 +389,7 @@ pub(super) async fn replay_answer(
     let n = replay(st, delivery, client, since, state).await?;
     if let (Some(id), 0) = (one, n) {
         return Err(ApiError::not_found(format!(
-            "no delivery {id:?} that can be replayed (a pending one is on its way already)"
+            "no delivery {id:?} that can be replayed (one pending, or with an attempt in flight, is on its way already)"
         )));
     }
     tracing::info!(count = n, "deliveries replayed through the API");

@@ -157,6 +157,11 @@ pub trait Queue: Send + Sync + 'static {
     /// its rows are the store's.
     fn forget(&self, client: &str);
 
+    /// `seqs` without the deliveries this host has claimed: an attempt of
+    /// theirs is on its way (or about to be), and its outcome, recorded after,
+    /// would undo a replay made now.
+    fn not_claimed(&self, seqs: Vec<i64>) -> Vec<i64>;
+
     /// Notified when `client` may have new work.
     fn waker(&self, client: &str) -> Arc<Notify>;
 

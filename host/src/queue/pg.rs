@@ -609,6 +609,15 @@ impl Queue for PgQueue {
         self.store.waker(client)
     }
 
+    // This host's claims; another host's are its leases, which the store's
+    // replay leaves alone.
+    fn not_claimed(&self, mut seqs: Vec<i64>) -> Vec<i64> {
+        for h in self.clients.lock().unwrap().values() {
+            seqs.retain(|s| !h.claimed.contains(s));
+        }
+        seqs
+    }
+
     fn sweep(&self) -> BoxFuture<'_, Result<Sweep, QueueError>> {
         async move {
             let (retries, held, orphaned) = self.store.sweep().await?;

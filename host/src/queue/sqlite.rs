@@ -400,6 +400,14 @@ impl Queue for SqliteQueue {
         self.clients.write().unwrap().remove(client);
     }
 
+    fn not_claimed(&self, mut seqs: Vec<i64>) -> Vec<i64> {
+        for intake in self.clients.read().unwrap().values() {
+            let claimed = intake.claimed.lock().unwrap();
+            seqs.retain(|s| !claimed.contains(s));
+        }
+        seqs
+    }
+
     fn waker(&self, client: &str) -> Arc<Notify> {
         self.intake(client).wake.clone()
     }
