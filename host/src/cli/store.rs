@@ -116,7 +116,8 @@ pub async fn replay(
         };
         let replayed = match api.post(&path, body).await {
             Ok(answer) => answer["replayed"].as_u64().unwrap_or(0),
-            Err(ApiRefusal::Status(404, _)) => 0,
+            // Unknown, or on its way already: the host says which.
+            Err(ApiRefusal::Status(404, why)) => bail!("no delivery matches: {why}"),
             Err(e) => bail!("{e}"),
         };
         if replayed == 0 {

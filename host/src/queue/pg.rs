@@ -396,14 +396,22 @@ impl PgQueue {
     /// by), and rows after it were not: the next ingest of the same sequence of
     /// posts found older rows of another host unclaimed and left its own to a
     /// claim. Left in the inbox, it would go out after its successors.
-    fn with_inbox(&self, client: &str, mut jobs: Vec<Job>) -> Vec<Job> {
+    ///
+    /// Should the inbox have been given back meanwhile (`releases` moved on),
+    /// such a one may be on its way to the store: the claimed rows go back
+    /// too, and the next claim takes them all in order.
+    fn with_inbox(&self, client: &str, mut jobs: Vec<Job>, releases: u64) -> Vec<Job> {
         let Some(newest) = jobs.iter().map(|j| j.seq).max() else {
             return jobs;
         };
         let mut clients = self.clients.lock().unwrap();
-        if let Some(h) = clients.get_mut(client)
-            && h.inbox.iter().any(|j| j.seq < newest)
-        {
+        let h = clients.entry(client.to_string()).or_default();
+        if h.releases != releases {
+            drop(clients);
+            self.release(client, &jobs);
+            return Vec::new();
+        }
+        if h.inbox.iter().any(|j| j.seq < newest) {
             let (older, newer): (VecDeque<Job>, VecDeque<Job>) =
                 h.inbox.drain(..).partition(|j| j.seq < newest);
             h.inbox = newer;
@@ -431,21 +439,25 @@ impl PgQueue {
         if !self.may_claim(client).await {
             return Vec::new();
         }
-        let fresh = matches!(kind, Claim::Fresh);
-        if fresh {
+        // For fresh work, the client's releases as the claim began.
+        let mut fresh = None;
+        if let Claim::Fresh = kind {
             // The inbox holds the oldest fresh work this host may take (see
             // the header); the store is asked only once it is empty, and what
             // reaches it meanwhile joins the claim in order (`with_inbox`).
             let mut clients = self.clients.lock().unwrap();
-            if let Some(h) = clients.get_mut(client)
-                && !h.inbox.is_empty()
-            {
+            let h = clients.entry(client.to_string()).or_default();
+            if !h.inbox.is_empty() {
                 let n = limit.min(h.inbox.len());
                 return h.inbox.drain(..n).collect();
             }
+            fresh = Some(h.releases);
         }
         match self.store.claim(client, kind, limit).await {
-            Ok(jobs) if fresh => self.with_inbox(client, self.claimed(client, jobs)),
+            Ok(jobs) if let Some(releases) = fresh => {
+                let jobs = self.claimed(client, jobs);
+                self.with_inbox(client, jobs, releases)
+            }
             Ok(jobs) => self.claimed(client, jobs),
             Err(e) => {
                 tracing::error!(client, "cannot claim work from the store: {e}");

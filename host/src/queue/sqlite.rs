@@ -520,7 +520,8 @@ mod tests {
     }
 
     /// A worker ends a pause only on a record that says "enabled": a client
-    /// with no record (never paused, or deleted) must read as none at all.
+    /// with no record (never paused, or deleted) reads as none at all, and a
+    /// deleted one reads as disabled until its waiting deliveries are failed.
     #[tokio::test(flavor = "multi_thread")]
     async fn health_is_none_until_recorded_and_after_the_client_is_deleted() {
         let (_dir, q) = queue_with(0).await;
@@ -547,6 +548,12 @@ mod tests {
         q.set_health("b", &paused, crate::queue::HealthBy::Operator);
         q.flush().await;
         assert!(store.delete_api_client("b").await.unwrap());
+        let deleted = Health {
+            disabled: Some(crate::store::rows::DELETED.into()),
+            failing_since: None,
+        };
+        assert_eq!(q.health("b").await.unwrap(), Some(deleted));
+        store.fail_unfinished("b").await.unwrap();
         assert_eq!(q.health("b").await.unwrap(), None);
     }
 }

@@ -73,31 +73,46 @@ pub fn put_api_client(
 }
 
 /// Deletes an API client: it leaves a tombstone (its id is not given again),
-/// and its tokens, secrets, uploads and health go. Its history stays. Returns
-/// whether it existed.
+/// and its tokens, secrets and uploads go. Its history stays. Returns whether
+/// it existed.
+///
+/// Its health says "disabled" until [`fail_unfinished`] ends its waiting
+/// deliveries: a worker still running (here until it is stopped, or on another
+/// host until that host hears of the deletion) must not take a missing record
+/// for "enabled" and send what a pause kept.
 pub fn delete_api_client(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+    let now = now_ms();
     let n = c.execute(
         "UPDATE api_clients SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
-        params![id, now_ms()],
+        params![id, now],
     )?;
-    for table in [
-        "client_secrets",
-        "client_tokens",
-        "client_plugins",
-        "client_state",
-    ] {
+    for table in ["client_secrets", "client_tokens", "client_plugins"] {
         c.execute(&format!("DELETE FROM {table} WHERE client_id = ?1"), [id])?;
+    }
+    if n == 1 {
+        c.execute(
+            "INSERT INTO client_state (client_id, disabled_at, disabled_reason) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (client_id) DO UPDATE SET disabled_at = ?2, disabled_reason = ?3, \
+               failing_since = NULL, plugin_version = NULL",
+            params![id, now, DELETED],
+        )?;
     }
     Ok(n == 1)
 }
 
-/// Ends a deleted client's unfinished deliveries (once its worker stopped).
+/// Why a deleted client's deliveries failed, and its health until they did.
+pub const DELETED: &str = "the client was deleted";
+
+/// Ends a deleted client's unfinished deliveries (once its worker stopped),
+/// and with them its health record.
 pub fn fail_unfinished(c: &Connection, id: &str) -> rusqlite::Result<usize> {
-    c.execute(
-        "UPDATE deliveries SET state = 'failed', reason = 'the client was deleted', updated_at = ?2 \
+    let n = c.execute(
+        "UPDATE deliveries SET state = 'failed', reason = ?3, updated_at = ?2 \
          WHERE client_id = ?1 AND state IN ('pending', 'held', 'plugin_error', 'retrying')",
-        params![id, now_ms()],
-    )
+        params![id, now_ms(), DELETED],
+    )?;
+    c.execute("DELETE FROM client_state WHERE client_id = ?1", [id])?;
+    Ok(n)
 }
 
 /// A signing secret of an API client; `expires_at` is set once rotated out.

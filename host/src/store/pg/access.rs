@@ -13,7 +13,7 @@ use crate::store::access::ApiState;
 use crate::store::inspect::{
     Activity, AttemptRow, ClientRow, DeliveryRow, Detail, Filter, Minute, RenderedRow,
 };
-use crate::store::rows::{ApiClientRow, KEPT_VERSIONS, SecretRow, TokenRow, UploadRow};
+use crate::store::rows::{ApiClientRow, DELETED, KEPT_VERSIONS, SecretRow, TokenRow, UploadRow};
 
 type R<T> = Result<T, StoreError>;
 
@@ -113,16 +113,24 @@ impl PgStore {
     }
 
     pub async fn delete_api_client(&self, id: &str) -> R<bool> {
+        let now = now_ms();
         let counts = self
             .change(&[
                 (
                     "UPDATE api_clients SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL",
-                    &[&id, &now_ms()],
+                    &[&id, &now],
                 ),
                 ("DELETE FROM client_secrets WHERE client_id = $1", &[&id]),
                 ("DELETE FROM client_tokens WHERE client_id = $1", &[&id]),
                 ("DELETE FROM client_plugins WHERE client_id = $1", &[&id]),
-                ("DELETE FROM client_state WHERE client_id = $1", &[&id]),
+                // Disabled until fail_unfinished: see the SQLite store's.
+                (
+                    "INSERT INTO client_state (client_id, disabled_at, disabled_reason) \
+                     SELECT $1, $2, $3 FROM api_clients WHERE id = $1 AND deleted_at = $2 \
+                     ON CONFLICT (client_id) DO UPDATE SET disabled_at = EXCLUDED.disabled_at, \
+                       disabled_reason = EXCLUDED.disabled_reason, failing_since = NULL, plugin_version = NULL",
+                    &[&id, &now, &DELETED],
+                ),
                 ("DELETE FROM client_leases WHERE client_id = $1", &[&id]),
             ])
             .await?;
@@ -150,15 +158,18 @@ impl PgStore {
     }
 
     pub async fn fail_unfinished(&self, client: &str) -> R<usize> {
-        let conn = self.conn().await?;
-        Ok(conn
-            .execute(
-                "UPDATE deliveries SET state = 'failed', reason = 'the client was deleted', updated_at = $2, \
-                 lease_owner = NULL, lease_until = NULL \
-                 WHERE client_id = $1 AND state IN ('pending', 'held', 'plugin_error', 'retrying')",
-                &[&client, &now_ms()],
-            )
-            .await? as usize)
+        let counts = self
+            .change(&[
+                (
+                    "UPDATE deliveries SET state = 'failed', reason = $3, updated_at = $2, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE client_id = $1 AND state IN ('pending', 'held', 'plugin_error', 'retrying')",
+                    &[&client, &now_ms(), &DELETED],
+                ),
+                ("DELETE FROM client_state WHERE client_id = $1", &[&client]),
+            ])
+            .await?;
+        Ok(counts[0] as usize)
     }
 
     pub async fn tokens(&self) -> R<Vec<TokenRow>> {

@@ -440,7 +440,8 @@ impl PgStore {
     /// As SQLite's: rendered ones are resent as stored, now; the others are
     /// parked as `held`, to be rendered afresh. Pending ones are on their way,
     /// and so are those a live lease holds: a host has them claimed, and the
-    /// outcome it records would undo the replay.
+    /// outcome it records would undo the replay. A lease run out is ended: its
+    /// host's late outcome then leaves the replay be.
     pub async fn replay(&self, seqs: Vec<i64>) -> Result<usize, StoreError> {
         let conn = self.conn().await?;
         let now = now_ms();
@@ -449,7 +450,8 @@ impl PgStore {
                 &format!(
                     "UPDATE deliveries SET state = CASE WHEN rendered THEN 'retrying' ELSE 'held' END, \
                      plugin = CASE WHEN rendered THEN plugin ELSE NULL END, \
-                     next_attempt_at = $2, reason = 'replayed', updated_at = $2 \
+                     next_attempt_at = $2, reason = 'replayed', updated_at = $2, \
+                     lease_owner = NULL, lease_until = NULL \
                      WHERE seq = ANY($1) AND state != 'pending' \
                      AND (lease_owner IS NULL OR lease_until < {NOW})"
                 ),
