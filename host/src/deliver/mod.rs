@@ -483,8 +483,9 @@ impl Worker {
         // what was sent is committed, or a stale "enabled" undoes the pause.
         self.queue.flush().await;
         // Only a record that says "enabled" ends a pause. No record at all is
-        // a client being deleted (its record goes before its worker stops):
-        // taking that for "enabled" sent its kept events out as it went.
+        // a client deleted and its work failed (its worker stops meanwhile),
+        // or gone from the store some other way: taken for "enabled", it
+        // would send what the pause kept.
         if let Ok(Some(Health { disabled: None, .. })) = self.queue.health(&self.id).await {
             tracing::info!(client = %self.id, "client enabled again");
             *self.health.lock().unwrap() = Health::default();
