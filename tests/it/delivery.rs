@@ -402,7 +402,11 @@ async fn replay_resends_one_delivery_or_a_clients_since_a_time() {
 
     let (code, _, err) = host.cli(&["replay", "--delivery", "msg_nope"]);
     assert_eq!(code, 1);
-    assert!(err.contains("no delivery matches"), "{err}");
+    // With the host's reason, which names the delivery.
+    assert!(
+        err.contains("no delivery matches") && err.contains("msg_nope"),
+        "{err}"
+    );
     let (code, _, err) = host.cli(&["replay", "--client", "nobody", "--since", "1h"]);
     assert_eq!(code, 1);
     assert!(err.contains("no client \"nobody\""), "{err}");
