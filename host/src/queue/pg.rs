@@ -405,7 +405,9 @@ impl PgQueue {
             return jobs;
         };
         let mut clients = self.clients.lock().unwrap();
-        let h = clients.entry(client.to_string()).or_default();
+        let Some(h) = clients.get_mut(client) else {
+            return jobs;
+        };
         if h.releases != releases {
             drop(clients);
             self.release(client, &jobs);
@@ -445,13 +447,16 @@ impl PgQueue {
             // The inbox holds the oldest fresh work this host may take (see
             // the header); the store is asked only once it is empty, and what
             // reaches it meanwhile joins the claim in order (`with_inbox`).
+            // (`may_claim` made the entry: no second key to allocate.)
             let mut clients = self.clients.lock().unwrap();
-            let h = clients.entry(client.to_string()).or_default();
-            if !h.inbox.is_empty() {
-                let n = limit.min(h.inbox.len());
-                return h.inbox.drain(..n).collect();
-            }
-            fresh = Some(h.releases);
+            fresh = match clients.get_mut(client) {
+                Some(h) if !h.inbox.is_empty() => {
+                    let n = limit.min(h.inbox.len());
+                    return h.inbox.drain(..n).collect();
+                }
+                Some(h) => Some(h.releases),
+                None => Some(0),
+            };
         }
         match self.store.claim(client, kind, limit).await {
             Ok(jobs) if let Some(releases) = fresh => {
