@@ -28,6 +28,7 @@ pub mod retention;
 pub mod rows;
 mod schema;
 pub mod sqlite;
+mod vfs;
 
 pub use access::ApiState;
 pub use schema::Ingested;

@@ -159,13 +159,26 @@ pub(super) use unfinished;
 
 /// Opens a connection with the settings every connection needs.
 pub fn open(path: &Path, create: bool) -> Result<Connection> {
+    open_with(path, create, None)
+}
+
+/// Opens the store's writer connection, creating the store if need be: its WAL
+/// writes go out one system call per commit (see [`super::vfs`]).
+pub fn open_writer(path: &Path) -> Result<Connection> {
+    open_with(path, true, super::vfs::gathering())
+}
+
+fn open_with(path: &Path, create: bool, vfs: Option<&std::ffi::CStr>) -> Result<Connection> {
     use rusqlite::OpenFlags as F;
     let mut flags = F::SQLITE_OPEN_READ_WRITE | F::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= F::SQLITE_OPEN_CREATE;
     }
-    let conn = Connection::open_with_flags(path, flags)
-        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    let conn = match vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs),
+        None => Connection::open_with_flags(path, flags),
+    }
+    .with_context(|| format!("cannot open the store {}", path.display()))?;
     // WAL: readers never block the writer. synchronous=FULL: a commit is on disk
     // (fsync'd) before the host says 202; group commit keeps that affordable.
     conn.pragma_update(None, "journal_mode", "WAL")

@@ -138,7 +138,7 @@ impl SqliteStore {
     /// Opens (creating if need be) the store at `path` and migrates it.
     pub fn open(path: &std::path::Path) -> Result<SqliteStore> {
         private_files(path)?;
-        let mut writer = schema::open(path, true)?;
+        let mut writer = schema::open_writer(path)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot migrate the store {}", path.display()))?;
         let reader = schema::open(path, false)?;
