@@ -33,7 +33,8 @@ for _ in $(seq 1 "$runs"); do
         cpu=$(awk '/host CPU per event/ {print $5}' <<<"$out")
         exch=$(awk '/host CPU per event/ {print $(NF-1)}' <<<"$out")
         wpc=$(awk '/store writes per commit/ {print $5}' <<<"$out")
-        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writes_per_commit=$wpc" |
+        writer=$(awk '/of which the store writer/ {print $6}' <<<"$out")
+        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writer_cpu_us=${writer:-0} writes_per_commit=$wpc" |
             tee -a "$results"
     done
 done
@@ -41,11 +42,11 @@ echo "means:"
 awk '{
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] + 0 }
         n[$1]++; r[$1] += v["ratio"]; s[$1] += v["deliveries/s"]; h[$1] += v["host_cpu_us"]
-        w[$1] += v["writes_per_commit"]
+        w[$1] += v["writes_per_commit"]; wr[$1] += v["writer_cpu_us"]
         if (v["exchange_cpu_us"] > 0) { x[$1] += v["host_cpu_us"] / v["exchange_cpu_us"]; xn[$1]++ }
      }
      END {
         for (k in n)
-            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writes_per_commit=%.1f\n",
-                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), w[k] / n[k]
+            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writer_cpu_us=%.1f writes_per_commit=%.1f\n",
+                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), wr[k] / n[k], w[k] / n[k]
      }' "$results" | sort

@@ -35,7 +35,28 @@ fn repo() -> PathBuf {
 /// CPU time (user + system) a process has used: `/proc/PID/stat`'s utime and
 /// stime, in clock ticks.
 fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap())
+}
+
+/// The CPU time of process `pid`'s threads named `name` (the store's writer:
+/// the part of the host's CPU that is the embedded store's own, apart from the
+/// HTTP and plugin work around it). Zero when it has none.
+fn thread_cpu(pid: u32, name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| stat_cpu(&stat))
+        .sum()
+}
+
+/// utime + stime of a /proc stat line.
+fn stat_cpu(stat: &str) -> Duration {
     // After the command name in parentheses: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
@@ -383,7 +404,13 @@ async fn main() {
     let cpu_all = || ids.iter().map(|id| cpu_of(*id)).sum::<Duration>();
     let server_cpu = || pg.as_deref().and_then(pg_server_cpu);
     let server_before = server_cpu();
+    let writer_all = || {
+        ids.iter()
+            .map(|id| thread_cpu(*id, "store-writer"))
+            .sum::<Duration>()
+    };
     let host_before = cpu_all();
+    let writer_before = writer_all();
     let start = Instant::now();
     // The events spread over the hosts, as a load balancer would.
     let share = n / hosts_n;
@@ -402,6 +429,7 @@ async fn main() {
     }
     let end_to_end = start.elapsed();
     let host_cpu = cpu_all() - host_before;
+    let writer_cpu = writer_all() - writer_before;
     let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
     if let Some(mut p) = perf {
         let _ = Command::new("kill")
@@ -458,6 +486,12 @@ async fn main() {
         host_cpu.as_secs_f64() * 1e6 / n as f64,
         bare_cpu.as_secs_f64() * 1e6 / n as f64
     );
+    if !writer_cpu.is_zero() {
+        println!(
+            "  of which the store writer   {:>10.1} µs per event",
+            writer_cpu.as_secs_f64() * 1e6 / n as f64
+        );
+    }
     println!(
         "  store writes per commit     {:>10.1} ({writes} writes, {commits} commits, warm-up included, light load not)",
         writes / commits

@@ -163,9 +163,17 @@ pub fn open(path: &Path, create: bool) -> Result<Connection> {
 }
 
 /// Opens the store's writer connection, creating the store if need be: its WAL
-/// writes go out one system call per commit (see [`super::vfs`]).
+/// writes go out in one system call per commit, or a few for a big one (see
+/// [`super::vfs`]), which is sound only with `synchronous=FULL`.
 pub fn open_writer(path: &Path) -> Result<Connection> {
-    open_with(path, true, super::vfs::gathering())
+    let conn = open_with(path, true, super::vfs::gathering())?;
+    let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
+    anyhow::ensure!(
+        synchronous == 2,
+        "the store's writer must sync every commit (synchronous=FULL)"
+    );
+    super::vfs::forget_on_rollback(&conn);
+    Ok(conn)
 }
 
 fn open_with(path: &Path, create: bool, vfs: Option<&std::ffi::CStr>) -> Result<Connection> {

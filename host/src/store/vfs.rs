@@ -6,19 +6,27 @@
 //! dirties two of the kernel's page-cache pages. A commit of 16 pages was 32
 //! `pwrite` calls; under load they cost 4.5 % of the host's CPU (issue #15,
 //! BENCHMARKS.md). Here a write that continues the one before it is kept in
-//! memory, and the run goes out as one `pwrite` when anything else is asked of
-//! the file.
+//! memory, and the run goes out as one `pwrite` (or a few, see [`KEEP`]) when
+//! SQLite next syncs, reads, measures or truncates the file.
 //!
-//! What it keeps safe: only the WAL file of the store's writer goes through this
-//! (the database file, its shared memory and every lock go to the default VFS
-//! untouched). Kept bytes are written out before any other call on the file —
-//! a sync, a read, its size, a truncate, a file control, a lock, a close — so
-//! what SQLite reads back, measures or syncs is exactly what it wrote, in the
-//! order it wrote it. Under `synchronous=FULL` a commit syncs the WAL before it
-//! updates the WAL index, so no reader can see a frame that is still kept here;
-//! and nothing kept here was ever acknowledged: the commit's sync comes after.
-//! A write that fails when it finally goes out fails that sync (or read), and
-//! SQLite rolls the transaction back as it would for the write itself.
+//! What keeps it safe:
+//! - Only the WAL file of the store's writer connection goes through this; the
+//!   database file, its shared memory and every lock go to the default VFS
+//!   untouched.
+//! - Kept bytes are written out before any other call on the file that reads or
+//!   depends on its contents, so what SQLite reads back, measures or syncs is
+//!   what it wrote, in the order it wrote it.
+//! - It needs `synchronous=FULL`, which [`super::schema::open_writer`] sets and
+//!   checks: a commit then syncs the WAL (writing the kept bytes out first)
+//!   before it publishes the new frames in the WAL index, so no reader sees a
+//!   frame still kept here, and a commit is acknowledged only once its frames
+//!   are on disk. So whatever is still kept was never committed.
+//! - Hence a rollback (which makes no call on the WAL file) and a close forget
+//!   what is kept rather than write it: those frames are dead, and written out
+//!   later they could land over frames another process (the command line) has
+//!   committed at the same offsets since ([`forget_on_rollback`]).
+//! - A write that fails when it finally goes out fails that sync or read, and
+//!   SQLite rolls the transaction back as it would for the write itself.
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::OnceLock;
@@ -179,6 +187,8 @@ unsafe extern "C" fn write(
                 return rc;
             }
         }
+        // SQLite writes at most a page (64 KiB) at once to a WAL, so this is a
+        // guard, never the way: a write that cannot be kept goes straight out.
         if bytes.len() >= KEEP {
             return methods.xWrite.expect("a file is written")(g.inner, data, n, at);
         }
@@ -190,19 +200,54 @@ unsafe extern "C" fn write(
     }
 }
 
+/// Closes the file. What is still kept was never committed (see the module's
+/// notes), so it is dropped, not written.
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         let (g, methods) = parts(file);
-        let written = write_out(g, methods);
         let closed = methods.xClose.expect("a file is closed")(g.inner);
         ffi::sqlite3_free(g.inner.cast());
         std::ptr::drop_in_place(file as *mut Gathered);
-        if written != ffi::SQLITE_OK {
-            written
-        } else {
-            closed
+        closed
+    }
+}
+
+/// Makes `conn` (opened through this VFS) forget its WAL's kept bytes whenever
+/// a transaction rolls back. A rollback resets SQLite's idea of the WAL's end
+/// and releases the write lock without a call on the WAL file, so kept frames
+/// of the dead transaction would otherwise go out at the next read or sync,
+/// perhaps over frames another process committed meanwhile.
+pub fn forget_on_rollback(conn: &rusqlite::Connection) {
+    unsafe extern "C" fn rolled_back(db: *mut c_void) {
+        unsafe {
+            if let Some(g) = gathered(db.cast()) {
+                g.kept.clear();
+            }
         }
     }
+    // SAFETY: the hook lives as long as the connection, and is given the
+    // connection's own handle.
+    unsafe {
+        let db = conn.handle();
+        ffi::sqlite3_rollback_hook(db, Some(rolled_back), db.cast());
+    }
+}
+
+/// The WAL file of `db`'s main database, when it is open through this VFS.
+unsafe fn gathered<'a>(db: *mut ffi::sqlite3) -> Option<&'a mut Gathered> {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db,
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_JOURNAL_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return None;
+    }
+    unsafe { std::ptr::eq((*file).pMethods, &METHODS).then(|| &mut *(file as *mut Gathered)) }
 }
 
 /// Every other method: write out what is kept, then ask the default VFS.
@@ -250,6 +295,85 @@ unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_i
 mod tests {
     use rusqlite::Connection;
 
+    use super::super::schema::{open, open_writer};
+
+    /// A new store with table `t`, and its writer.
+    fn store(setup: &str) -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let writer = open_writer(&path).unwrap();
+        writer.execute_batch(setup).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (n INTEGER, b BLOB)")
+            .unwrap();
+        (dir, path, writer)
+    }
+
+    /// A fresh connection to the store at `path`, which must be intact.
+    fn reopened(path: &std::path::Path) -> Connection {
+        let fresh = Connection::open(path).unwrap();
+        let check: String = fresh
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        fresh
+    }
+
+    /// Bytes kept for `conn`'s WAL; None when it does not go through this VFS.
+    fn kept(conn: &Connection) -> Option<usize> {
+        unsafe { super::gathered(conn.handle()).map(|g| g.kept.len()) }
+    }
+
+    /// A transaction too big for its page cache writes frames to the WAL before
+    /// it ends; rolled back, they are dead. Another process (the command line's
+    /// writer) then commits at the same WAL offsets. The writer's next read
+    /// must not write the dead frames over that commit.
+    #[test]
+    fn a_rolled_back_transactions_frames_never_land_on_a_later_commit() {
+        let (_dir, path, writer) = store("PRAGMA cache_size = 10");
+        // Everything in the database file: the rollback then reads nothing back
+        // from the WAL (which would have written the dead frames out at once).
+        writer
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        writer.execute_batch("BEGIN").unwrap();
+        for n in 0..25 {
+            writer
+                .execute(
+                    "INSERT INTO t VALUES (?1, ?2)",
+                    rusqlite::params![n, vec![9u8; 3000]],
+                )
+                .unwrap();
+        }
+        let spilled = kept(&writer).expect("the WAL goes through the VFS");
+        assert!(spilled > 0, "the transaction spilled frames to the WAL");
+        writer.execute_batch("ROLLBACK").unwrap();
+        let other = open(&path, false).unwrap();
+        other
+            .execute("INSERT INTO t VALUES (1, x'01')", [])
+            .unwrap();
+        drop(other);
+        let seen: i64 = writer
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        writer
+            .execute("INSERT INTO t VALUES (2, x'02')", [])
+            .unwrap();
+        drop(writer);
+        let fresh = reopened(&path);
+        // Without the rollback hook, the dead transaction's first row comes
+        // back from its frames and the other process's row is gone.
+        let rows: Vec<(i64, i64)> = fresh
+            .prepare("SELECT n, length(b) FROM t ORDER BY n")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows, [(1, 1), (2, 1)]);
+    }
+
     /// Through the gathering VFS, commits land whole: another connection (the
     /// default VFS, as the host's readers) sees each one while the writer is
     /// open and the WAL not yet checkpointed, and a fresh connection after the
@@ -257,14 +381,9 @@ mod tests {
     /// commit is about 900 KiB, over what one write of the default VFS takes.
     #[test]
     fn commits_through_gathered_writes_are_seen_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        assert_eq!(super::gathering(), Some(super::NAME));
-        let writer = super::super::schema::open_writer(&path).unwrap();
-        writer
-            .execute_batch("PRAGMA wal_autocheckpoint = 0; CREATE TABLE t (n INTEGER, b BLOB)")
-            .unwrap();
-        let reader = super::super::schema::open(&path, false).unwrap();
+        let (_dir, path, writer) = store("PRAGMA wal_autocheckpoint = 0");
+        assert_eq!(kept(&writer), Some(0), "the WAL goes through the VFS");
+        let reader = open(&path, false).unwrap();
         let blob = vec![7u8; 3000];
         let mut rows = 0;
         for commit in 1..=50i64 {
@@ -294,11 +413,7 @@ mod tests {
         );
         drop(writer);
         drop(reader);
-        let fresh = Connection::open(&path).unwrap();
-        let check: String = fresh
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        let fresh = reopened(&path);
         let (count, bytes): (i64, i64) = fresh
             .query_row("SELECT COUNT(*), SUM(length(b)) FROM t", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
