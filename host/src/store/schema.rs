@@ -157,6 +157,9 @@ macro_rules! unfinished {
 }
 pub(super) use unfinished;
 
+/// The writer's page cache, in KiB as `PRAGMA cache_size` takes it (negative).
+const WRITER_CACHE_KIB: i64 = -2000;
+
 /// Opens a connection with the settings every connection needs.
 pub fn open(path: &Path, create: bool) -> Result<Connection> {
     open_with(path, create, None)
@@ -173,6 +176,12 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
         "the store's writer must sync every commit (synchronous=FULL)"
     );
     super::vfs::forget_on_rollback(&conn);
+    // A smaller page cache than the readers': the writer touches the right
+    // edges of a few tables and indexes, and at every commit SQLite walks this
+    // cache's whole hash table (pcache1TruncateUnsafe), at 16 MiB about 1 % of
+    // the host's CPU under load (issue #15, BENCHMARKS.md). A batch bigger than
+    // the cache spills to the WAL early, which costs writes, not correctness.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
     Ok(conn)
 }
 
