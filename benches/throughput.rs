@@ -4,7 +4,9 @@
 //! same receiver with the same concurrency, measured in the same run.
 //!
 //! `cargo bench --bench throughput` (HOOKWASM_BENCH_EVENTS, HOOKWASM_BENCH_CONCURRENCY
-//! change the defaults of 20000 events, 64 at once).
+//! change the defaults of 20000 events, 64 at once). The host's CPU per event is
+//! printed with its store writer thread's share, which varies far less between
+//! runs than the whole.
 //!
 //! Then light load: HOOKWASM_BENCH_LIGHT events (500; 0 skips) POSTed one at a
 //! time, each waited for at the receiver: the time from the 202 to the delivery's
