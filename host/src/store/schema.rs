@@ -172,17 +172,40 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
     let conn = open_with(path, true, super::vfs::gathering())?;
     let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
     anyhow::ensure!(
-        synchronous == 2,
+        synchronous >= 2,
         "the store's writer must sync every commit (synchronous=FULL)"
     );
+    // SQLite's own default; a build or URI without it would pad commits and
+    // write past the sync the gathering VFS relies on.
+    let mut psow: std::ffi::c_int = -1;
+    // SAFETY: the connection is open; the op reads and sets one int.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_POWERSAFE_OVERWRITE,
+            (&mut psow as *mut std::ffi::c_int).cast(),
+        )
+    };
+    anyhow::ensure!(
+        rc == rusqlite::ffi::SQLITE_OK && psow == 1,
+        "the store's writer needs SQLite's powersafe overwrite (psow=1)"
+    );
     super::vfs::forget_on_rollback(&conn);
+    Ok(conn)
+}
+
+/// Gives the writer, once migrated, a smaller page cache than the readers'.
+/// (After the migrations: an index they create sorts in runs the size of the
+/// cache.)
+pub fn shrink_writer_cache(conn: &Connection) -> Result<()> {
     // A smaller page cache than the readers': the writer touches the right
     // edges of a few tables and indexes, and at every commit SQLite walks this
     // cache's whole hash table (pcache1TruncateUnsafe), at 16 MiB about 1 % of
     // the host's CPU under load (issue #15, BENCHMARKS.md). A batch bigger than
     // the cache spills to the WAL early, which costs writes, not correctness.
     conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
-    Ok(conn)
+    Ok(())
 }
 
 fn open_with(path: &Path, create: bool, vfs: Option<&std::ffi::CStr>) -> Result<Connection> {

@@ -141,6 +141,7 @@ impl SqliteStore {
         let mut writer = schema::open_writer(path)?;
         schema::migrate(&mut writer)
             .with_context(|| format!("cannot migrate the store {}", path.display()))?;
+        schema::shrink_writer_cache(&writer)?;
         let reader = schema::open(path, false)?;
         let other = schema::open(path, false)?;
         let (tx, rx) = mpsc::channel();
@@ -439,6 +440,12 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
         let result = apply(&mut conn, &mut batch);
         crate::metrics::store_commit(began.elapsed(), batch.len());
         finish(batch, result);
+    }
+    // Every batch commits or rolls back, so this is a guard: closed inside a
+    // transaction, the connection could no longer tell the gathering VFS to
+    // forget that transaction's frames (see `super::vfs`).
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
