@@ -7,12 +7,17 @@
 //! operator's list), an event name (the known ones, else `other`), an outcome.
 //! What the store knows (queue depth by state, the oldest pending delivery's
 //! age) is read when scraped, not kept twice.
+//!
+//! What is recorded per event goes through handles kept after their first use
+//! ([`Handles`], [`ClientMetrics`]): `counter!` and `histogram!` build, hash and
+//! look up their key in the registry on every call, 1.5 % of the host's CPU under
+//! load (issue #15, BENCHMARKS.md).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-pub use metrics::SharedString;
-use metrics::{counter, gauge, histogram};
+use metrics::SharedString;
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -43,9 +48,83 @@ pub fn render() -> String {
     install().render()
 }
 
+/// Metric handles by the static values of their labels, each made on first
+/// use. Before [`install`] nothing is kept: a handle made then would record
+/// nowhere for good.
+struct Handles<K, T>(Mutex<Vec<(K, T)>>);
+
+impl<K: PartialEq + Copy, T> Handles<K, T> {
+    const fn new() -> Self {
+        Handles(Mutex::new(Vec::new()))
+    }
+
+    /// Runs `use_it` on the handle of `key`, made by `make` the first time.
+    fn with(&self, key: K, make: impl FnOnce() -> T, use_it: impl FnOnce(&T)) {
+        if HANDLE.get().is_none() {
+            return use_it(&make());
+        }
+        let mut handles = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match handles.iter().find(|(k, _)| *k == key) {
+            Some((_, h)) => use_it(h),
+            None => {
+                let h = make();
+                use_it(&h);
+                handles.push((key, h));
+            }
+        }
+    }
+}
+
+/// One client's metrics, recorded through handles its worker keeps.
+pub struct ClientMetrics {
+    client: SharedString,
+    attempts: Handles<&'static str, Counter>,
+    durations: Handles<(), Histogram>,
+    deliveries: Handles<&'static str, Counter>,
+}
+
+impl ClientMetrics {
+    pub fn new(client: &str) -> ClientMetrics {
+        ClientMetrics {
+            client: SharedString::from(client.to_string()),
+            attempts: Handles::new(),
+            durations: Handles::new(),
+            deliveries: Handles::new(),
+        }
+    }
+
+    /// An attempt made: how long it took and what it led to (`delivered`,
+    /// `retry`, `failed`, `gone`).
+    pub fn attempt(&self, outcome: &'static str, took: Duration) {
+        let client = &self.client;
+        self.attempts.with(
+            outcome,
+            || counter!("hookwasm_attempts_total", "client" => client.clone(), "outcome" => outcome),
+            |c| c.increment(1),
+        );
+        self.durations.with(
+            (),
+            || histogram!("hookwasm_attempt_duration_seconds", "client" => client.clone()),
+            |h| h.record(took.as_secs_f64()),
+        );
+    }
+
+    /// A delivery that ended or was parked: `delivered`, `failed`, `skipped`,
+    /// `held`, `plugin_error`.
+    pub fn delivery(&self, state: &'static str) {
+        let client = &self.client;
+        self.deliveries.with(
+            state,
+            || counter!("hookwasm_deliveries_total", "client" => client.clone(), "state" => state),
+            |c| c.increment(1),
+        );
+    }
+}
+
 /// An event in: its name and the answer (`202`, `400`, …, or `duplicate`).
 /// Labels are static strings: nothing is allocated per event.
 pub fn event_ingested(name: &str, answer: &'static str) {
+    static INGESTED: Handles<(&str, &str), Counter> = Handles::new();
     let name: &'static str = crate::event::KNOWN_EVENTS
         .iter()
         .find(|k| **k == name)
@@ -55,7 +134,11 @@ pub fn event_ingested(name: &str, answer: &'static str) {
         } else {
             "other"
         });
-    counter!("hookwasm_events_ingested_total", "event" => name, "status" => answer).increment(1);
+    INGESTED.with(
+        (name, answer),
+        || counter!("hookwasm_events_ingested_total", "event" => name, "status" => answer),
+        |c| c.increment(1),
+    );
 }
 
 /// A status code as a static label.
@@ -73,26 +156,14 @@ pub fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// An attempt made: how long it took and what it led to (`delivered`,
-/// `retry`, `failed`, `gone`).
-/// `client` is the worker's label, made once: cloning it does not allocate.
-pub fn attempt(client: &SharedString, outcome: &'static str, took: Duration) {
-    counter!("hookwasm_attempts_total", "client" => client.clone(), "outcome" => outcome)
-        .increment(1);
-    histogram!("hookwasm_attempt_duration_seconds", "client" => client.clone())
-        .record(took.as_secs_f64());
-}
-
-/// A delivery that ended or was parked: `delivered`, `failed`, `skipped`,
-/// `held`, `plugin_error`.
-pub fn delivery(client: &SharedString, state: &'static str) {
-    counter!("hookwasm_deliveries_total", "client" => client.clone(), "state" => state)
-        .increment(1);
-}
-
 /// A plugin call: how long, and whether it trapped (or ran out of time or memory).
 pub fn plugin_call(took: Duration, trapped: bool) {
-    histogram!("hookwasm_plugin_call_duration_seconds").record(took.as_secs_f64());
+    static CALLS: Handles<(), Histogram> = Handles::new();
+    CALLS.with(
+        (),
+        || histogram!("hookwasm_plugin_call_duration_seconds"),
+        |h| h.record(took.as_secs_f64()),
+    );
     if trapped {
         counter!("hookwasm_plugin_traps_total").increment(1);
     }
@@ -106,8 +177,20 @@ pub fn plugin_load(ok: bool) {
 
 /// One commit of the store's writer: how long, and how many writes it carried.
 pub fn store_commit(took: Duration, writes: usize) {
-    histogram!("hookwasm_store_commit_duration_seconds").record(took.as_secs_f64());
-    counter!("hookwasm_store_writes_total").increment(writes as u64);
+    static COMMITS: Handles<(), (Histogram, Counter)> = Handles::new();
+    COMMITS.with(
+        (),
+        || {
+            (
+                histogram!("hookwasm_store_commit_duration_seconds"),
+                counter!("hookwasm_store_writes_total"),
+            )
+        },
+        |(h, c)| {
+            h.record(took.as_secs_f64());
+            c.increment(writes as u64);
+        },
+    );
 }
 
 /// A reload of the config file, applied or refused.

@@ -61,13 +61,12 @@ impl Worker {
             (_, State::Failed) => "failed",
             _ => "retry",
         };
-        crate::metrics::attempt(
-            &self.label,
+        self.metrics.attempt(
             outcome,
             std::time::Duration::from_millis(attempt.duration_ms.max(0) as u64),
         );
         if matches!(update.state, State::Delivered | State::Failed) {
-            crate::metrics::delivery(&self.label, update.state.as_str());
+            self.metrics.delivery(update.state.as_str());
         }
         if failed {
             tracing::debug!(client = %self.id, delivery = %job.id, attempt = attempts,

@@ -76,8 +76,8 @@ struct Settings {
 /// One client's delivery state.
 struct Worker {
     id: String,
-    /// `id` as a metrics label, made once.
-    label: crate::metrics::SharedString,
+    /// Its metrics' handles.
+    metrics: crate::metrics::ClientMetrics,
     settings: RwLock<Arc<Settings>>,
     queue: Arc<dyn Queue>,
     registry: Arc<Registry>,
@@ -224,7 +224,7 @@ impl Dispatcher {
                     let health = self.queue.health(id).await?.unwrap_or_default();
                     let worker = Arc::new(Worker {
                         id: id.to_string(),
-                        label: crate::metrics::SharedString::from(id.to_string()),
+                        metrics: crate::metrics::ClientMetrics::new(id),
                         settings: RwLock::new(Arc::new(Settings::new(entry, None)?)),
                         queue: self.queue.clone(),
                         registry: self.registry.clone(),
@@ -575,7 +575,7 @@ impl Worker {
             match outcome {
                 Outcome::Send(render) => sends.push((job, render, true)),
                 Outcome::Park(update) => {
-                    crate::metrics::delivery(&self.label, update.state.as_str());
+                    self.metrics.delivery(update.state.as_str());
                     self.queue.park(&self.id, update)
                 }
             }

@@ -271,55 +271,82 @@ const UPDATE_DELIVERY: &str = "UPDATE deliveries SET state = ?2, reason = ?3, ne
      body = CASE WHEN ?8 THEN ?11 ELSE body END \
      WHERE seq = ?1";
 
+/// The writer's statements on the event path, prepared once for its life.
+/// rusqlite's statement cache finds a statement by hashing and comparing its
+/// whole text, and takes it out and puts it back, at every use: 4.6 % of the
+/// writer's CPU under load (issue #15, BENCHMARKS.md).
+pub struct Statements<'c> {
+    seen_key: rusqlite::Statement<'c>,
+    keep_key: rusqlite::Statement<'c>,
+    insert_event: rusqlite::Statement<'c>,
+    insert_delivery: rusqlite::Statement<'c>,
+    insert_attempt: rusqlite::Statement<'c>,
+    update_delivery: rusqlite::Statement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    pub fn prepare(conn: &'c Connection) -> rusqlite::Result<Statements<'c>> {
+        Ok(Statements {
+            seen_key: conn
+                .prepare("SELECT event_id FROM event_keys WHERE key = ?1 AND expires_at > ?2")?,
+            keep_key: conn.prepare(
+                "INSERT INTO event_keys (key, event_id, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET event_id = ?2, expires_at = ?3",
+            )?,
+            insert_event: conn.prepare(
+                "INSERT INTO events (id, name, body, received_at) VALUES (?1, ?2, ?3, ?4)",
+            )?,
+            insert_delivery: conn.prepare(INSERT_DELIVERY)?,
+            insert_attempt: conn.prepare(
+                "INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
+                 VALUES (?1, (SELECT IFNULL(MAX(n), 0) + 1 FROM attempts WHERE delivery_seq = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?,
+            update_delivery: conn.prepare(UPDATE_DELIVERY)?,
+        })
+    }
+}
+
 pub fn insert_event(
-    tx: &Connection,
+    st: &mut Statements,
     event: &Event,
     received_at: i64,
     deliveries: &[NewDelivery],
     dedup: Option<&(String, i64)>,
 ) -> rusqlite::Result<Ingested> {
     if let Some((key, until)) = dedup {
-        let seen: Option<String> = tx
-            .prepare_cached("SELECT event_id FROM event_keys WHERE key = ?1 AND expires_at > ?2")?
+        let seen: Option<String> = st
+            .seen_key
             .query_row(params![key, received_at], |r| r.get(0))
             .optional()?;
         if let Some(first) = seen {
             return Ok(Ingested::Duplicate(first));
         }
-        tx.prepare_cached(
-            "INSERT INTO event_keys (key, event_id, expires_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (key) DO UPDATE SET event_id = ?2, expires_at = ?3",
-        )?
-        .execute(params![key, event.id, until])?;
+        st.keep_key.execute(params![key, event.id, until])?;
     }
-    insert_event_rows(tx, event, received_at, deliveries).map(Ingested::Stored)
-}
-
-fn insert_event_rows(
-    tx: &Connection,
-    event: &Event,
-    received_at: i64,
-    deliveries: &[NewDelivery],
-) -> rusqlite::Result<Vec<i64>> {
-    tx.prepare_cached("INSERT INTO events (id, name, body, received_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![event.id, event.name, &event.raw[..], received_at])?;
-    let event_seq = tx.last_insert_rowid();
-    let mut stmt = tx.prepare_cached(INSERT_DELIVERY)?;
+    let event_seq =
+        st.insert_event
+            .insert(params![event.id, event.name, &event.raw[..], received_at])?;
     let mut seqs = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        stmt.execute(params![d.id, event_seq, d.client_id, received_at])?;
-        seqs.push(tx.last_insert_rowid());
+        seqs.push(
+            st.insert_delivery
+                .insert(params![d.id, event_seq, d.client_id, received_at])?,
+        );
     }
-    Ok(seqs)
+    Ok(Ingested::Stored(seqs))
 }
 
-pub fn apply_update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
+pub fn apply_update(st: &mut Statements, u: &Update) -> rusqlite::Result<()> {
     if let Some(a) = &u.attempt {
-        tx.prepare_cached(
-            "INSERT INTO attempts (delivery_seq, n, started_at, duration_ms, status, error_kind, error, response) \
-             VALUES (?1, (SELECT IFNULL(MAX(n), 0) + 1 FROM attempts WHERE delivery_seq = ?1), ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![u.seq, a.started_at, a.duration_ms, a.status, a.error_kind, a.error, a.response])?;
+        st.insert_attempt.execute(params![
+            u.seq,
+            a.started_at,
+            a.duration_ms,
+            a.status,
+            a.error_kind,
+            a.error,
+            a.response
+        ])?;
     }
     let RenderColumns {
         rendered,
@@ -328,7 +355,7 @@ pub fn apply_update(tx: &Connection, u: &Update) -> rusqlite::Result<()> {
         body,
         plugin,
     } = RenderColumns::of(u);
-    tx.prepare_cached(UPDATE_DELIVERY)?.execute(params![
+    st.update_delivery.execute(params![
         u.seq,
         u.state.as_str(),
         u.reason,

@@ -427,7 +427,16 @@ const HELD_CLIENTS: &str = concat!(
     " AND state = 'held'"
 );
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Op>) {
+    let mut statements = match schema::Statements::prepare(&conn) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Cannot happen on a migrated store; should it, every write fails
+            // with the reason rather than the host stopping.
+            tracing::error!(error = %e, "the store's writer cannot prepare its statements");
+            None
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -437,10 +446,14 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Op>) {
             }
         }
         let began = std::time::Instant::now();
-        let result = apply(&mut conn, &mut batch);
+        let result = match &mut statements {
+            Some(st) => apply(&conn, st, &mut batch),
+            None => Err("the store's writer cannot prepare its statements".to_string()),
+        };
         crate::metrics::store_commit(began.elapsed(), batch.len());
         finish(batch, result);
     }
+    drop(statements);
     // Every batch commits or rolls back, so this is a guard: closed inside a
     // transaction, the connection could no longer tell the gathering VFS to
     // forget that transaction's frames (see `super::vfs`).
@@ -458,7 +471,7 @@ enum Outcome {
 }
 
 /// Runs one op on `conn`: a transaction, or a savepoint within one.
-fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
+fn apply_op(conn: &Connection, st: &mut schema::Statements, op: &Op) -> rusqlite::Result<Outcome> {
     match op {
         Op::Ingest {
             event,
@@ -466,9 +479,9 @@ fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
             deliveries,
             dedup,
             ..
-        } => schema::insert_event(conn, event, *received_at, deliveries, dedup.as_ref())
+        } => schema::insert_event(st, event, *received_at, deliveries, dedup.as_ref())
             .map(Outcome::Ingested),
-        Op::Update(u, _) => schema::apply_update(conn, u).map(|_| Outcome::Nothing),
+        Op::Update(u, _) => schema::apply_update(st, u).map(|_| Outcome::Nothing),
         Op::Client {
             client_id,
             disabled,
@@ -485,41 +498,46 @@ fn apply_op(conn: &Connection, op: &Op) -> rusqlite::Result<Outcome> {
 #[derive(Debug)]
 struct OpFailed;
 
-fn apply(conn: &mut Connection, batch: &mut [Op]) -> Result<Vec<Result<Outcome, String>>, String> {
+fn apply(
+    conn: &Connection,
+    st: &mut schema::Statements,
+    batch: &mut [Op],
+) -> Result<Vec<Result<Outcome, String>>, String> {
     // The quick way: the whole batch in one transaction. Should an op fail (a
     // constraint, say), the batch is rolled back and run again with a savepoint
     // per op, so that op fails alone and the rest commits.
-    let run = |conn: &mut Connection,
-               isolate: bool|
-     -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, OpFailed>> {
-        let mut tx = conn.transaction().map_err(Ok)?;
-        let mut out = Vec::with_capacity(batch.len());
-        for op in batch.iter() {
-            if !isolate {
-                out.push(Ok(apply_op(&tx, op).map_err(|_| Err(OpFailed))?));
-                continue;
-            }
-            let sp = tx.savepoint().map_err(Ok)?;
-            match apply_op(&sp, op) {
-                Ok(o) => {
-                    sp.commit().map_err(Ok)?;
-                    out.push(Ok(o));
+    let mut run =
+        |isolate: bool| -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, OpFailed>> {
+            // Unchecked: the statements borrow the connection too. The writer runs
+            // one transaction at a time, so none is ever nested.
+            let mut tx = conn.unchecked_transaction().map_err(Ok)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for op in batch.iter() {
+                if !isolate {
+                    out.push(Ok(apply_op(&tx, st, op).map_err(|_| Err(OpFailed))?));
+                    continue;
                 }
-                Err(e) => {
-                    drop(sp); // rolls back to the savepoint
-                    tracing::error!(error = %e, "a store write failed and was undone");
-                    out.push(Err(format!("the store refused the write: {e}")));
+                let sp = tx.savepoint().map_err(Ok)?;
+                match apply_op(&sp, st, op) {
+                    Ok(o) => {
+                        sp.commit().map_err(Ok)?;
+                        out.push(Ok(o));
+                    }
+                    Err(e) => {
+                        drop(sp); // rolls back to the savepoint
+                        tracing::error!(error = %e, "a store write failed and was undone");
+                        out.push(Err(format!("the store refused the write: {e}")));
+                    }
                 }
             }
-        }
-        tx.commit().map_err(Ok)?;
-        Ok(out)
-    };
+            tx.commit().map_err(Ok)?;
+            Ok(out)
+        };
     // A busy database (a long read elsewhere) is worth a few more tries; a full
     // disk or a broken file is not.
     let (mut tries, mut isolate) = (0, false);
     loop {
-        match run(conn, isolate) {
+        match run(isolate) {
             Ok(out) => return Ok(out),
             Err(Err(OpFailed)) => isolate = true,
             Err(Ok(rusqlite::Error::SqliteFailure(e, _)))
