@@ -10,6 +10,10 @@ use crate::event::{self, Event};
 wasmtime::component::bindgen!({
     path: "../wit/plugin-0.1.0",
     world: "plugin",
+    // The event and the client are lent to the call, as in `v0_2`.
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 use self::hookwasm::plugin::types as t;
@@ -23,47 +27,56 @@ pub fn call(
     event: &Event,
     cx: &CallContext<'_>,
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
-    let ev = to_wit(event).map_err(wasmtime::Error::msg)?;
+    let users = match &event.payload {
+        event::Payload::NewFeedEntry(n) => n
+            .users
+            .iter()
+            .map(|u| t::Subscriber {
+                email: &u.email,
+                firstname: u.firstname.as_deref(),
+                lastname: u.lastname.as_deref(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let ev = to_wit(event, &users).map_err(wasmtime::Error::msg)?;
+    let config: Vec<(&str, &str)> = cx
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let client = t::Client {
-        id: cx.client_id.to_string(),
-        config: cx.config.to_vec(),
+        id: cx.client_id,
+        config: &config,
     };
     let answer = instance
         .hookwasm_plugin_handler()
-        .call_handle(&mut *store, &ev, &client)?;
+        .call_handle(&mut *store, ev, client)?;
     Ok(from_wit(answer))
 }
 
-fn to_wit(e: &Event) -> Result<t::Event, String> {
-    let json = std::str::from_utf8(&e.raw)
-        .map_err(|_| "the event is not UTF-8".to_string())?
-        .to_string();
+/// `e` in this world's types, borrowing from it and from `users` (its
+/// subscribers in this world's record).
+fn to_wit<'a>(e: &'a Event, users: &'a [t::Subscriber<'a>]) -> Result<t::Event<'a>, String> {
+    let json = std::str::from_utf8(&e.raw).map_err(|_| "the event is not UTF-8".to_string())?;
     let payload = match &e.payload {
         event::Payload::NewFeedEntry(n) => t::Payload::NewFeedEntry(t::NewFeedEntry {
             feed: t::Feed {
                 id: n.feed.id,
-                title: n.feed.title.clone(),
-                description: n.feed.description.clone(),
+                title: &n.feed.title,
+                description: &n.feed.description,
                 is_public: n.feed.is_public,
             },
             entry: t::Entry {
                 id: n.entry.id,
                 author: t::Author {
-                    name: n.entry.author.name.clone(),
-                    email: n.entry.author.email.clone(),
+                    name: &n.entry.author.name,
+                    email: &n.entry.author.email,
                 },
-                title: n.entry.title.clone(),
-                description: n.entry.description.clone(),
+                title: &n.entry.title,
+                description: &n.entry.description,
             },
-            users: n
-                .users
-                .iter()
-                .map(|u| t::Subscriber {
-                    email: u.email.clone(),
-                    firstname: u.firstname.clone(),
-                    lastname: u.lastname.clone(),
-                })
-                .collect(),
+            users,
             users_were_notified: n.users_were_notified,
         }),
         // 0.1.0 typed only new_feed_entry; every other event stays `other` for
@@ -72,16 +85,16 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
     };
     let source = e.source.as_ref().map(|s| t::Source {
         webhook_id: s.webhook_id,
-        url: s.url.clone(),
-        instance_name: s.instance_name.clone(),
+        url: &s.url,
+        instance_name: &s.instance_name,
         time: s.time.as_ref().map(|t| t::EventTime {
-            local: t.local.clone(),
-            timezone: t.timezone.clone(),
+            local: &t.local,
+            timezone: &t.timezone,
         }),
     });
     Ok(t::Event {
-        id: e.id.clone(),
-        name: e.name.clone(),
+        id: &e.id,
+        name: &e.name,
         json,
         payload,
         source,

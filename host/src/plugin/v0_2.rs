@@ -10,6 +10,12 @@ use crate::event::{self as ev, Event, Payload as P};
 wasmtime::component::bindgen!({
     path: "../wit/plugin-0.2.0",
     world: "plugin",
+    // The event and the client are lent to the call: their strings and bytes
+    // are read from the host's own values as they are copied into the guest,
+    // not first cloned into owned records (issue #15).
+    ownership: Borrowing {
+        duplicate_if_necessary: true
+    },
 });
 
 use self::hookwasm::plugin::types as t;
@@ -23,51 +29,92 @@ pub fn call(
     event: &Event,
     cx: &CallContext<'_>,
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
-    let ev = to_wit(event).map_err(wasmtime::Error::msg)?;
+    let lists = Lists::of(event);
+    let ev = to_wit(event, &lists).map_err(wasmtime::Error::msg)?;
+    let config: Vec<(&str, &str)> = cx
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let client = t::Client {
-        id: cx.client_id.to_string(),
-        delivery_id: cx.delivery_id.to_string(),
-        config: cx.config.to_vec(),
+        id: cx.client_id,
+        delivery_id: cx.delivery_id,
+        config: &config,
     };
     let answer = instance
         .hookwasm_plugin_handler()
-        .call_handle(&mut *store, &ev, &client)?;
+        .call_handle(&mut *store, ev, client)?;
     Ok(from_wit(answer))
 }
 
-fn asset(a: &ev::Asset) -> t::Asset {
+/// The lists an event's records hold, built beside it: the world's types
+/// borrow them, as they borrow the event's strings.
+#[derive(Default)]
+struct Lists<'a> {
+    users: Vec<t::Subscriber<'a>>,
+    fields: [Vec<t::FieldValue<'a>>; 2],
+    bits: [Vec<t::StatusBit>; 2],
+    bases: [Vec<t::BaseLabel<'a>>; 2],
+}
+
+impl<'a> Lists<'a> {
+    fn of(e: &'a Event) -> Lists<'a> {
+        let mut l = Lists::default();
+        match &e.payload {
+            P::NewFeedEntry(n) => {
+                l.users = n
+                    .users
+                    .iter()
+                    .map(|u| t::Subscriber {
+                        email: &u.email,
+                        firstname: u.firstname.as_deref(),
+                        lastname: u.lastname.as_deref(),
+                    })
+                    .collect()
+            }
+            P::RecordEdited(r) => {
+                l.fields = [fields(&r.description.before), fields(&r.description.after)]
+            }
+            P::RecordStatusChanged(r) => l.bits = [bits(&r.before), bits(&r.after)],
+            P::UserRegistrationGranted(r) | P::UserRegistrationRejected(r) => {
+                l.bases = [bases(&r.granted), bases(&r.rejected)]
+            }
+            _ => {}
+        }
+        l
+    }
+}
+
+fn asset(a: &ev::Asset) -> t::Asset<'_> {
     t::Asset {
         databox_id: a.databox_id,
         record_id: a.record_id,
-        collection_name: a.collection_name.clone(),
+        collection_name: &a.collection_name,
         base_id: a.base_id,
-        record_type: a.record_type.clone(),
+        record_type: a.record_type.as_deref(),
     }
 }
 
-fn user(u: &ev::User) -> t::User {
+fn user(u: &ev::User) -> t::User<'_> {
     t::User {
         id: u.id,
-        email: u.email.clone(),
-        login: u.login.clone(),
+        email: &u.email,
+        login: &u.login,
     }
 }
 
-fn fields(v: &[(String, String)]) -> Vec<t::FieldValue> {
+fn fields(v: &[(String, String)]) -> Vec<t::FieldValue<'_>> {
     v.iter()
-        .map(|(label, value)| t::FieldValue {
-            label: label.clone(),
-            value: value.clone(),
-        })
+        .map(|(label, value)| t::FieldValue { label, value })
         .collect()
 }
 
 /// base id → label; a key that is not a number (never seen) keeps its label under 0.
-fn bases(v: &[(String, String)]) -> Vec<t::BaseLabel> {
+fn bases(v: &[(String, String)]) -> Vec<t::BaseLabel<'_>> {
     v.iter()
         .map(|(id, label)| t::BaseLabel {
             base_id: id.trim().parse().unwrap_or(0),
-            label: label.clone(),
+            label,
         })
         .collect()
 }
@@ -82,65 +129,56 @@ fn bits(v: &ev::Statuses) -> Vec<t::StatusBit> {
         .collect()
 }
 
-fn registration(r: &ev::Registration) -> t::Registration {
+fn registration<'a>(r: &'a ev::Registration, l: &'a Lists<'a>) -> t::Registration<'a> {
     t::Registration {
         user: user(&r.user),
-        granted: bases(&r.granted),
-        rejected: bases(&r.rejected),
+        granted: &l.bases[0],
+        rejected: &l.bases[1],
     }
 }
 
-fn order(o: &ev::Order) -> t::Order {
+fn order(o: &ev::Order) -> t::Order<'_> {
     t::Order {
         user: user(&o.user),
         order_id: o.order_id,
     }
 }
 
-fn to_wit(e: &Event) -> Result<t::Event, String> {
-    let json = std::str::from_utf8(&e.raw)
-        .map_err(|_| "the event is not UTF-8".to_string())?
-        .to_string();
+/// `e` in this world's types, borrowing from it and from `l` (`Lists::of(e)`).
+fn to_wit<'a>(e: &'a Event, l: &'a Lists<'a>) -> Result<t::Event<'a>, String> {
+    let json = std::str::from_utf8(&e.raw).map_err(|_| "the event is not UTF-8".to_string())?;
     let payload = match &e.payload {
         P::NewFeedEntry(n) => t::Payload::NewFeedEntry(t::NewFeedEntry {
             feed: t::Feed {
                 id: n.feed.id,
-                title: n.feed.title.clone(),
-                description: n.feed.description.clone(),
+                title: &n.feed.title,
+                description: &n.feed.description,
                 is_public: n.feed.is_public,
             },
             entry: t::Entry {
                 id: n.entry.id,
                 author: t::Author {
-                    name: n.entry.author.name.clone(),
-                    email: n.entry.author.email.clone(),
+                    name: &n.entry.author.name,
+                    email: &n.entry.author.email,
                 },
-                title: n.entry.title.clone(),
-                description: n.entry.description.clone(),
+                title: &n.entry.title,
+                description: &n.entry.description,
             },
-            users: n
-                .users
-                .iter()
-                .map(|u| t::Subscriber {
-                    email: u.email.clone(),
-                    firstname: u.firstname.clone(),
-                    lastname: u.lastname.clone(),
-                })
-                .collect(),
+            users: &l.users,
             users_were_notified: n.users_were_notified,
         }),
         P::RecordCreated(r) => t::Payload::RecordCreated(t::RecordCreated {
             asset: asset(&r.asset),
-            media_type: r.media_type.clone(),
-            mime_type: r.mime_type.clone(),
-            original_name: r.original_name.clone(),
+            media_type: r.media_type.as_deref(),
+            mime_type: r.mime_type.as_deref(),
+            original_name: r.original_name.as_deref(),
             initiator_user_id: r.initiator_user_id,
-            permalink: r.permalink.clone(),
+            permalink: r.permalink.as_deref(),
         }),
         P::RecordEdited(r) => t::Payload::RecordEdited(t::RecordEdited {
             asset: asset(&r.asset),
-            before: fields(&r.description.before),
-            after: fields(&r.description.after),
+            before: &l.fields[0],
+            after: &l.fields[1],
         }),
         P::RecordDeleted(a) => t::Payload::RecordDeleted(asset(a)),
         P::RecordMediaSubstituted(a) => t::Payload::RecordMediaSubstituted(asset(a)),
@@ -148,38 +186,38 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
             t::Payload::RecordCollectionChanged(t::CollectionChanged {
                 asset: asset(&r.asset),
                 before: t::Collection {
-                    name: r.before.name.clone(),
+                    name: &r.before.name,
                     base_id: r.before.base_id,
                 },
                 after: t::Collection {
-                    name: r.after.name.clone(),
+                    name: &r.after.name,
                     base_id: r.after.base_id,
                 },
             })
         }
         P::RecordStatusChanged(r) => t::Payload::RecordStatusChanged(t::StatusChanged {
             asset: asset(&r.asset),
-            before: bits(&r.before),
-            after: bits(&r.after),
+            before: &l.bits[0],
+            after: &l.bits[1],
         }),
         P::RecordSubdefCreated(r) => t::Payload::RecordSubdefCreated(t::SubdefCreated {
             asset: asset(&r.asset),
-            subdef_name: r.subdef_name.clone(),
-            permalink: r.permalink.clone(),
-            original_name: r.original_name.clone(),
+            subdef_name: &r.subdef_name,
+            permalink: r.permalink.as_deref(),
+            original_name: r.original_name.as_deref(),
             size: r.size.and_then(|s| u64::try_from(s).ok()),
-            mime_type: r.mime_type.clone(),
+            mime_type: r.mime_type.as_deref(),
         }),
         P::RecordSubdefCreationFailed(r) => {
             t::Payload::RecordSubdefCreationFailed(t::SubdefFailed {
                 asset: asset(&r.asset),
-                subdef_name: r.subdef_name.clone(),
+                subdef_name: &r.subdef_name,
             })
         }
         P::UserCreated(u) => t::Payload::UserCreated(user(u)),
         P::UserDeleted(u) => t::Payload::UserDeleted(user(u)),
-        P::UserRegistrationGranted(r) => t::Payload::UserRegistrationGranted(registration(r)),
-        P::UserRegistrationRejected(r) => t::Payload::UserRegistrationRejected(registration(r)),
+        P::UserRegistrationGranted(r) => t::Payload::UserRegistrationGranted(registration(r, l)),
+        P::UserRegistrationRejected(r) => t::Payload::UserRegistrationRejected(registration(r, l)),
         P::OrderCreated(o) => t::Payload::OrderCreated(order(o)),
         P::OrderDelivered(o) => t::Payload::OrderDelivered(order(o)),
         P::OrderDenied(o) => t::Payload::OrderDenied(order(o)),
@@ -187,16 +225,16 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
     };
     let source = e.source.as_ref().map(|s| t::Source {
         webhook_id: s.webhook_id,
-        url: s.url.clone(),
-        instance_name: s.instance_name.clone(),
+        url: &s.url,
+        instance_name: &s.instance_name,
         time: s.time.as_ref().map(|t| t::EventTime {
-            local: t.local.clone(),
-            timezone: t.timezone.clone(),
+            local: &t.local,
+            timezone: &t.timezone,
         }),
     });
     Ok(t::Event {
-        id: e.id.clone(),
-        name: e.name.clone(),
+        id: &e.id,
+        name: &e.name,
         json,
         payload,
         source,
@@ -205,26 +243,29 @@ fn to_wit(e: &Event) -> Result<t::Event, String> {
 }
 
 /// A bare call into an instance, with arguments prepared in advance: the floor
-/// the plugin benchmark measures the host's per-event overhead against.
+/// the plugin benchmark measures the host's per-event overhead against. Its
+/// event, and the lists it borrows, live as long as the process (a bench's).
 #[doc(hidden)]
 pub struct Bare {
     store: Store<HostState>,
     instance: Plugin,
-    event: t::Event,
-    client: t::Client,
+    event: t::Event<'static>,
+    client: t::Client<'static>,
 }
 
 impl Bare {
     pub(super) fn new(store: Store<HostState>, instance: Plugin, event: &Event) -> Bare {
+        let event: &'static Event = Box::leak(Box::new(event.clone()));
+        let lists: &'static Lists<'static> = Box::leak(Box::new(Lists::of(event)));
         let client = t::Client {
-            id: "bench".into(),
-            delivery_id: "msg_bench".into(),
-            config: Vec::new(),
+            id: "bench",
+            delivery_id: "msg_bench",
+            config: &[],
         };
         Bare {
             store,
             instance,
-            event: to_wit(event).expect("UTF-8 event"),
+            event: to_wit(event, lists).expect("UTF-8 event"),
             client,
         }
     }
@@ -234,8 +275,9 @@ impl Bare {
         self.store.set_epoch_deadline(u64::MAX / 2);
         let answer = self.instance.hookwasm_plugin_handler().call_handle(
             &mut self.store,
-            &self.event,
-            &self.client,
+            // Shallow copies: the records hold only references.
+            self.event.clone(),
+            self.client.clone(),
         );
         std::hint::black_box(answer.expect("no trap")).ok();
     }
