@@ -28,23 +28,11 @@ pub fn call(
     cx: &CallContext<'_>,
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
     let users = match &event.payload {
-        event::Payload::NewFeedEntry(n) => n
-            .users
-            .iter()
-            .map(|u| t::Subscriber {
-                email: &u.email,
-                firstname: u.firstname.as_deref(),
-                lastname: u.lastname.as_deref(),
-            })
-            .collect(),
+        event::Payload::NewFeedEntry(n) => subscribers(&n.users),
         _ => Vec::new(),
     };
     let ev = to_wit(event, &users).map_err(wasmtime::Error::msg)?;
-    let config: Vec<(&str, &str)> = cx
-        .config
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let config = config(cx);
     let client = t::Client {
         id: cx.client_id,
         config: &config,

@@ -31,11 +31,7 @@ pub fn call(
 ) -> wasmtime::Result<Result<Verdict, PluginError>> {
     let lists = Lists::of(event);
     let ev = to_wit(event, &lists).map_err(wasmtime::Error::msg)?;
-    let config: Vec<(&str, &str)> = cx
-        .config
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let config = config(cx);
     let client = t::Client {
         id: cx.client_id,
         delivery_id: cx.delivery_id,
@@ -61,17 +57,7 @@ impl<'a> Lists<'a> {
     fn of(e: &'a Event) -> Lists<'a> {
         let mut l = Lists::default();
         match &e.payload {
-            P::NewFeedEntry(n) => {
-                l.users = n
-                    .users
-                    .iter()
-                    .map(|u| t::Subscriber {
-                        email: &u.email,
-                        firstname: u.firstname.as_deref(),
-                        lastname: u.lastname.as_deref(),
-                    })
-                    .collect()
-            }
+            P::NewFeedEntry(n) => l.users = subscribers(&n.users),
             P::RecordEdited(r) => {
                 l.fields = [fields(&r.description.before), fields(&r.description.after)]
             }

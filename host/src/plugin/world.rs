@@ -114,6 +114,28 @@ macro_rules! world_glue {
             }
         }
 
+        /// A feed entry's subscribers, lent to this world's records.
+        fn subscribers(
+            users: &[$crate::event::Subscriber],
+        ) -> Vec<self::hookwasm::plugin::types::Subscriber<'_>> {
+            users
+                .iter()
+                .map(|u| self::hookwasm::plugin::types::Subscriber {
+                    email: &u.email,
+                    firstname: u.firstname.as_deref(),
+                    lastname: u.lastname.as_deref(),
+                })
+                .collect()
+        }
+
+        /// The client's config as this world's list of pairs, lent.
+        fn config<'a>(cx: &'a $crate::plugin::CallContext<'_>) -> Vec<(&'a str, &'a str)> {
+            cx.config
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect()
+        }
+
         /// The guest's answer in the host's terms.
         fn from_wit(
             answer: Result<
