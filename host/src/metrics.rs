@@ -121,11 +121,10 @@ impl ClientMetrics {
     }
 }
 
-/// An event in: its name and the answer (`202`, `400`, …, or `duplicate`).
-/// Labels are static strings: nothing is allocated per event.
-pub fn event_ingested(name: &str, answer: &'static str) {
-    static INGESTED: Handles<(&str, &str), Counter> = Handles::new();
-    let name: &'static str = crate::event::KNOWN_EVENTS
+/// An event's name as a label: one of the known ones, `invalid` (not parsed)
+/// or `other`.
+pub fn event_label(name: &str) -> &'static str {
+    crate::event::KNOWN_EVENTS
         .iter()
         .find(|k| **k == name)
         .copied()
@@ -133,7 +132,13 @@ pub fn event_ingested(name: &str, answer: &'static str) {
             "invalid"
         } else {
             "other"
-        });
+        })
+}
+
+/// An event in: its name's label ([`event_label`]) and the answer (`202`,
+/// `400`, …, or `duplicate`).
+pub fn event_ingested(name: &'static str, answer: &'static str) {
+    static INGESTED: Handles<(&str, &str), Counter> = Handles::new();
     INGESTED.with(
         (name, answer),
         || counter!("hookwasm_events_ingested_total", "event" => name, "status" => answer),

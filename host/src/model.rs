@@ -116,11 +116,11 @@ pub struct Job {
 impl Job {
     /// `delivery` of `event` just stored as `seq`, handed to its worker
     /// straight from the ingest: no attempt yet, nothing rendered.
-    pub fn fresh(seq: i64, delivery: &NewDelivery, event: &Arc<Event>) -> Job {
+    pub fn fresh(seq: i64, delivery: NewDelivery, event: &Arc<Event>) -> Job {
         Job {
             seq,
-            id: delivery.id.clone(),
-            client_id: delivery.client_id.clone(),
+            id: delivery.id,
+            client_id: delivery.client_id,
             event: event.clone(),
             attempts: 0,
             rendered: None,

@@ -67,13 +67,13 @@ async fn take(
     body: axum::body::Body,
     only: Option<&str>,
 ) -> Response {
-    let mut name = None;
+    let mut name = "invalid";
     let response = ingest(st, q, headers, body, only, &mut name).await;
     let answer = match response.extensions().get::<Duplicate>() {
         Some(_) => "duplicate",
         None => crate::metrics::status_label(response.status().as_u16()),
     };
-    crate::metrics::event_ingested(name.as_deref().unwrap_or("invalid"), answer);
+    crate::metrics::event_ingested(name, answer);
     response
 }
 
@@ -83,7 +83,7 @@ async fn ingest(
     headers: &HeaderMap,
     body: axum::body::Body,
     only: Option<&str>,
-    name: &mut Option<String>,
+    name: &mut &'static str,
 ) -> Response {
     if let Some(refused) = token_refusal(st, q, headers) {
         return refused;
@@ -92,13 +92,10 @@ async fn ingest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime != "application/json" && mime != "application/vnd.phraseanet.event+json" {
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json")
+        && !mime.eq_ignore_ascii_case("application/vnd.phraseanet.event+json")
+    {
         let got = if ct.is_empty() {
             "none".to_string()
         } else {
@@ -146,7 +143,7 @@ async fn ingest(
         Ok(e) => Arc::new(e),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    *name = Some(event.name.clone());
+    *name = crate::metrics::event_label(&event.name);
     let deliveries = match only {
         None => st.routes.fan_out(&event.name),
         Some(id) => match st.routes.to_client(id, &event.name) {
@@ -165,11 +162,19 @@ async fn ingest(
         _ => None,
     };
     match st.queue.enqueue(event.clone(), deliveries, dedup).await {
-        Ok(Ingested::Stored(_)) => (
-            StatusCode::ACCEPTED,
-            Json(json!({ "id": event.id, "deliveries": count })),
-        )
-            .into_response(),
+        Ok(Ingested::Stored(_)) => {
+            // A struct, not `json!`: no map of new strings to serialise once.
+            #[derive(serde::Serialize)]
+            struct Accepted<'a> {
+                id: &'a str,
+                deliveries: usize,
+            }
+            let accepted = Accepted {
+                id: &event.id,
+                deliveries: count,
+            };
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
         Ok(Ingested::Duplicate(first)) => (
             StatusCode::ACCEPTED,
             axum::Extension(Duplicate),

@@ -263,7 +263,7 @@ impl PgQueue {
             match clients.get_mut(&d.client_id) {
                 Some(h) if h.since.is_some() && !h.draining && h.releases == asked => {
                     h.claimed.insert(seq);
-                    h.inbox.push_back(Job::fresh(seq, d, event));
+                    h.inbox.push_back(Job::fresh(seq, d.clone(), event));
                 }
                 Some(h) => h.give_back(writes, vec![seq]),
                 None => back.push(seq),

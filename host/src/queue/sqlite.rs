@@ -193,11 +193,11 @@ impl SqliteQueue {
     fn push(
         clients: &RwLock<HashMap<String, Arc<Intake>>>,
         event: &Arc<Event>,
-        ds: &[NewDelivery],
+        ds: Vec<NewDelivery>,
         seqs: &[i64],
     ) {
         let clients = clients.read().unwrap();
-        for (d, &seq) in ds.iter().zip(seqs) {
+        for (d, &seq) in ds.into_iter().zip(seqs) {
             // A client without an intake yet reads its work from the store.
             let Some(intake) = clients.get(&d.client_id) else {
                 continue;
@@ -222,8 +222,9 @@ impl Queue for SqliteQueue {
         dedup: Option<(String, i64)>,
     ) -> BoxFuture<'_, Result<Ingested, QueueError>> {
         let clients = self.clients.clone();
-        let (ev, ds) = (event.clone(), deliveries.clone());
-        let after = Box::new(move |seqs: &[i64]| Self::push(&clients, &ev, &ds, seqs));
+        let ev = event.clone();
+        let after =
+            Box::new(move |ds: Vec<NewDelivery>, seqs: &[i64]| Self::push(&clients, &ev, ds, seqs));
         async move {
             Ok(self
                 .store

@@ -82,9 +82,10 @@ fn private_files(path: &std::path::Path) -> Result<()> {
 }
 
 /// Runs on the writer thread right after an ingest commits, in commit order: how
-/// the queue learns of new work in the order it was committed. It must be quick
-/// (it holds up the next commit) and must not call the store.
-pub type AfterCommit = Box<dyn FnOnce(&[i64]) + Send>;
+/// the queue learns of new work in the order it was committed. It is handed the
+/// ingest's deliveries (the writer has no more use for them) with their seqs. It
+/// must be quick (it holds up the next commit) and must not call the store.
+pub type AfterCommit = Box<dyn FnOnce(Vec<NewDelivery>, &[i64]) + Send>;
 
 /// A value a [`SqliteStore::write`] returns, through the writer thread.
 type AnyValue = Box<dyn std::any::Any + Send>;
@@ -566,13 +567,18 @@ fn finish(batch: Vec<Op>, result: Result<Vec<Result<Outcome, String>>, String>) 
             .expect("one outcome per op")
             .map_err(StoreError::Write);
         match op {
-            Op::Ingest { after, done, .. } => {
+            Op::Ingest {
+                after,
+                done,
+                deliveries,
+                ..
+            } => {
                 let ingested = outcome.map(|o| match o {
                     Outcome::Ingested(i) => i,
                     _ => unreachable!("ingest yields its outcome"),
                 });
                 if let (Ok(Ingested::Stored(seqs)), Some(after)) = (&ingested, after) {
-                    after(seqs);
+                    after(deliveries, seqs);
                 }
                 let _ = done.send(ingested);
             }
