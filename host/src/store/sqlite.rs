@@ -495,9 +495,10 @@ fn apply_op(conn: &Connection, st: &mut schema::Statements, op: &Op) -> rusqlite
     }
 }
 
-/// An op failed while the batch ran without savepoints: run it again with them.
+/// Run the batch again, op by op: an op failed while it ran without
+/// savepoints, or one failed in a way that lost the whole transaction.
 #[derive(Debug)]
-struct OpFailed;
+struct Retry;
 
 fn apply(
     conn: &Connection,
@@ -507,40 +508,58 @@ fn apply(
     // The quick way: the whole batch in one transaction. Should an op fail (a
     // constraint, say), the batch is rolled back and run again with a savepoint
     // per op, so that op fails alone and the rest commits.
-    let mut run =
-        |isolate: bool| -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, OpFailed>> {
-            // Unchecked: the statements borrow the connection too. The writer runs
-            // one transaction at a time, so none is ever nested.
-            let mut tx = conn.unchecked_transaction().map_err(Ok)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for op in batch.iter() {
-                if !isolate {
-                    out.push(Ok(apply_op(&tx, st, op).map_err(|_| Err(OpFailed))?));
-                    continue;
+    //
+    // Some failures (a full disk, an I/O error) make SQLite roll the whole
+    // transaction back, savepoints and all; a later SAVEPOINT would then start
+    // a transaction of its own and commit that op alone, and the batch's
+    // COMMIT would fail, reporting as failed ops that were written. So such an
+    // op is set aside as failed (`refused`) and the batch run again without it.
+    let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+    let mut run = |isolate: bool,
+                   refused: &mut Vec<Option<String>>|
+     -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, Retry>> {
+        // Unchecked: the statements borrow the connection too. The writer runs
+        // one transaction at a time, so none is ever nested.
+        let mut tx = conn.unchecked_transaction().map_err(Ok)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (i, op) in batch.iter().enumerate() {
+            if let Some(why) = &refused[i] {
+                out.push(Err(why.clone()));
+                continue;
+            }
+            if !isolate {
+                out.push(Ok(apply_op(&tx, st, op).map_err(|_| Err(Retry))?));
+                continue;
+            }
+            let sp = tx.savepoint().map_err(Ok)?;
+            match apply_op(&sp, st, op) {
+                Ok(o) => {
+                    sp.commit().map_err(Ok)?;
+                    out.push(Ok(o));
                 }
-                let sp = tx.savepoint().map_err(Ok)?;
-                match apply_op(&sp, st, op) {
-                    Ok(o) => {
-                        sp.commit().map_err(Ok)?;
-                        out.push(Ok(o));
+                Err(e) => {
+                    drop(sp); // rolls back to the savepoint
+                    tracing::error!(error = %e, "a store write failed and was undone");
+                    refused[i] = Some(format!("the store refused the write: {e}"));
+                    if tx.is_autocommit() {
+                        // The whole transaction is gone: run the rest again.
+                        return Err(Err(Retry));
                     }
-                    Err(e) => {
-                        drop(sp); // rolls back to the savepoint
-                        tracing::error!(error = %e, "a store write failed and was undone");
-                        out.push(Err(format!("the store refused the write: {e}")));
-                    }
+                    out.push(Err(refused[i].clone().expect("just set")));
                 }
             }
-            tx.commit().map_err(Ok)?;
-            Ok(out)
-        };
+        }
+        tx.commit().map_err(Ok)?;
+        Ok(out)
+    };
     // A busy database (a long read elsewhere) is worth a few more tries; a full
-    // disk or a broken file is not.
+    // disk or a broken file is not. Each run again after a lost transaction
+    // has set one more op aside, so there are at most as many as ops.
     let (mut tries, mut isolate) = (0, false);
     loop {
-        match run(isolate) {
+        match run(isolate, &mut refused) {
             Ok(out) => return Ok(out),
-            Err(Err(OpFailed)) => isolate = true,
+            Err(Err(Retry)) => isolate = true,
             Err(Ok(rusqlite::Error::SqliteFailure(e, _)))
                 if e.code == rusqlite::ErrorCode::DatabaseBusy && tries < 50 =>
             {
@@ -632,5 +651,60 @@ mod tests {
         // The parked ones go through the client's deliveries in order (see PARKED).
         let plan = plan(&conn, &jobs_sql(PARKED));
         assert!(plan.contains("deliveries_client"), "{plan}");
+    }
+
+    /// A batch whose middle write fills the disk (here: the store's page
+    /// limit), which makes SQLite roll the whole transaction back. What `apply`
+    /// reports must be what the store holds (no write it calls failed may be
+    /// there, every one it calls done must be), and the others still commit.
+    #[test]
+    fn a_batch_that_fills_the_disk_reports_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("s.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 8))
+            .unwrap();
+        let insert = |n: usize| -> AnyWrite {
+            Box::new(move |c: &Connection| {
+                c.execute("INSERT INTO t VALUES (zeroblob(?1))", [n as i64])?;
+                Ok(Box::new(()) as AnyValue)
+            })
+        };
+        let mut batch: Vec<Op> = [100, 1 << 20, 100]
+            .into_iter()
+            .map(|n| Op::Run {
+                write: insert(n),
+                done: oneshot::channel().0,
+            })
+            .collect();
+        let mut st = schema::Statements::prepare(&conn).unwrap();
+        let done: Vec<bool> = match apply(&conn, &mut st, &mut batch) {
+            Ok(outcomes) => outcomes.iter().map(Result::is_ok).collect(),
+            Err(_) => vec![false; 3],
+        };
+        let sizes: Vec<i64> = conn
+            .prepare("SELECT length(b) FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let reported: Vec<i64> = [100, 1 << 20, 100]
+            .into_iter()
+            .zip(&done)
+            .filter(|(_, ok)| **ok)
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(sizes, reported, "reported done: {done:?}");
+        assert_eq!(
+            done,
+            [true, false, true],
+            "only the write that filled the disk failed"
+        );
+        assert!(conn.is_autocommit(), "no transaction left open");
     }
 }
