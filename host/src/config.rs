@@ -51,6 +51,10 @@ pub struct Server {
     pub dedup_window: Option<Duration>,
     /// The largest event body accepted, in bytes.
     pub max_body: usize,
+    /// The largest body of `POST /v1/events:batch`, in bytes.
+    pub max_batch_body: usize,
+    /// The most events in one batch.
+    pub max_batch_events: usize,
     /// Time a client has to send a request's line and headers, from its first byte.
     pub header_timeout: Duration,
     /// Time a client has to send a request's body, once its headers are in.
@@ -278,6 +282,8 @@ struct RawServer {
     open_status: bool,
     dedup_window: Option<HumanDuration>,
     max_body: Option<ByteSize>,
+    max_batch_body: Option<ByteSize>,
+    max_batch_events: Option<u64>,
     header_timeout: Option<HumanDuration>,
     body_timeout: Option<HumanDuration>,
     idle_timeout: Option<HumanDuration>,
@@ -499,6 +505,20 @@ impl Config {
         let server = Server {
             listen,
             max_body: size_in("server.max_body", rs.max_body, 1 << 20, 1 << 10, 1 << 30)?,
+            max_batch_body: size_in(
+                "server.max_batch_body",
+                rs.max_batch_body,
+                16 << 20,
+                1 << 10,
+                1 << 30,
+            )?,
+            max_batch_events: count_in(
+                "server.max_batch_events",
+                rs.max_batch_events,
+                1000,
+                1,
+                100_000,
+            )? as usize,
             header_timeout: duration_in(
                 "server.header_timeout",
                 rs.header_timeout,

@@ -444,3 +444,131 @@ async fn ingest_posts_a_file_of_events_to_the_running_host() {
     assert!(err.contains("line 6: 400"), "{err}");
     recv.wait_for("/c", 20, WAIT).await;
 }
+
+/// One event of a fixture as one NDJSON line.
+fn line(body: &[u8]) -> String {
+    serde_json::to_string(&serde_json::from_slice::<serde_json::Value>(body).unwrap()).unwrap()
+}
+
+async fn post_batch(host: &Host, body: String, content_type: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(host.url("/v1/events:batch"))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `POST /v1/events:batch`: a back-fill in one request. Every line is checked
+/// before any is stored, so a batch with a bad line stores nothing; a good one
+/// is answered once every event is on disk, each as if POSTed alone (the
+/// de-duplication window included), and its deliveries keep the lines' order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_of_events_is_stored_whole_or_refused_whole() {
+    let recv = Receiver::start().await;
+    let host = Config::new()
+        .server("dedup_window = \"10m\"")
+        .server("max_batch_events = 4")
+        // One at a time: what arrives shows the order the deliveries were made in.
+        .client(Client::to(&recv, "raw").max_in_flight(1))
+        .start()
+        .await;
+    let ndjson = |lines: &[String]| lines.join("\n") + "\n";
+
+    let batch = ndjson(&[
+        line(numbered(1).as_bytes()),
+        line(numbered(2).as_bytes()),
+        "  ".into(),
+        line(&fixture("record.created.json")),
+        line(numbered(1).as_bytes()),
+    ]);
+    let (status, answer) = post_batch(&host, batch, "application/x-ndjson").await;
+    assert_eq!(status, 202, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    let lines: Vec<u64> = events.iter().map(|e| e["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [1, 2, 4, 5], "{answer}");
+    assert_eq!(answer["deliveries"], 3, "{answer}");
+    assert_eq!(events[3]["duplicate"], true, "{answer}");
+    assert_eq!(events[3]["id"], events[0]["id"], "the copy names the first");
+    assert_eq!(events[3]["deliveries"], 0);
+    assert!(
+        events[..3]
+            .iter()
+            .all(|e| e["id"].as_str().unwrap().starts_with("evt_"))
+    );
+
+    let got = recv.wait_for("/raw", 3, WAIT).await;
+    let order: Vec<serde_json::Value> = got.iter().map(|g| g.json()["webhookId"].clone()).collect();
+    assert_eq!(
+        order[..2],
+        [serde_json::json!(1), serde_json::json!(2)],
+        "in the lines' order"
+    );
+    assert_eq!(got[2].json()["event"], "record.created");
+
+    // A bad line: nothing of the batch is stored.
+    let batch = ndjson(&[
+        line(numbered(3).as_bytes()),
+        "{\"event\": ".into(),
+        line(numbered(4).as_bytes()),
+        "null".into(),
+    ]);
+    let (status, answer) = post_batch(&host, batch, "application/jsonl").await;
+    assert_eq!(status, 400, "{answer}");
+    let refused: Vec<u64> = answer["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refused, [2, 4], "{answer}");
+    let msg = answer["error"].as_str().unwrap();
+    assert!(
+        msg.contains("nothing was stored") && msg.contains("line 2"),
+        "{msg}"
+    );
+
+    // Too many events, no event, the wrong type.
+    let five = ndjson(
+        &(10..15)
+            .map(|n| line(numbered(n).as_bytes()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, answer) = post_batch(&host, five, "application/x-ndjson").await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_batch_events")
+    );
+    let (status, answer) = post_batch(&host, "\n \n".into(), "application/x-ndjson").await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("no event"));
+    let (status, answer) =
+        post_batch(&host, line(numbered(20).as_bytes()), "application/json").await;
+    assert_eq!(status, 415, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson")
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recv.got("/raw").len(), 3, "nothing refused was delivered");
+    // And the store holds the first batch's three deliveries, no more.
+    let (status, all) = host
+        .api(
+            "GET",
+            "/v1/admin/deliveries?client=raw",
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["deliveries"].as_array().unwrap().len(), 3, "{all}");
+}

@@ -1,7 +1,8 @@
 //! `POST /v1/events`: Phraseanet's events come in, for every client that wants
 //! them; `POST /v1/clients/{id}/events`: for that one client (a Phraseanet
 //! application whose webhook URL points at hookwasm: Phraseanet has applied that
-//! application's rights and event list already).
+//! application's rights and event list already); `POST /v1/events:batch`: a
+//! back-fill, events one per line, all checked before any is stored.
 //!
 //! Checks the token, the content type and the size, parses the event, asks
 //! `route` which clients get it, and answers 202 only once the event and its
@@ -88,56 +89,12 @@ async fn ingest(
     if let Some(refused) = token_refusal(st, q, headers) {
         return refused;
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json")
-        && !mime.eq_ignore_ascii_case("application/vnd.phraseanet.event+json")
-    {
-        let got = if ct.is_empty() {
-            "none".to_string()
-        } else {
-            format!("{ct:?}")
-        };
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type {got}; send application/json or application/vnd.phraseanet.event+json"
-            ),
-        );
+    if let Some(refused) = content_type_refusal(headers, EVENT_TYPES) {
+        return refused;
     }
-    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, st.max_body));
-    let bytes: Bytes = match read.await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            let e = e.into_inner();
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the body is over the limit of {} bytes (server.max_body)",
-                        st.max_body
-                    ),
-                );
-            }
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the body could not be read: {e}"),
-            );
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the body did not arrive within {} (server.body_timeout)",
-                    humantime::format_duration(st.body_timeout)
-                ),
-            );
-        }
+    let bytes = match read_limited(st, body, st.max_body, "server.max_body").await {
+        Ok(b) => b,
+        Err(refused) => return refused,
     };
     let event = match Event::parse(new_event_id(), bytes) {
         Ok(e) => Arc::new(e),
@@ -154,12 +111,9 @@ async fn ingest(
     let count = deliveries.len();
     // Only the shared route de-duplicates: the per-client one gets one copy
     // per application by design.
-    let dedup = match (only, st.directory.config().server.dedup_window) {
-        (None, Some(window)) => Some((
-            identity(&event),
-            event.received_at + window.as_millis() as i64,
-        )),
-        _ => None,
+    let dedup = match only {
+        None => dedup_key(st, &event),
+        Some(_) => None,
     };
     match st.queue.enqueue(event.clone(), deliveries, dedup).await {
         Ok(Ingested::Stored(_)) => {
@@ -189,6 +143,244 @@ async fn ingest(
             )
         }
     }
+}
+
+/// The body, whole, within `limit` bytes (named by the config `key`) and
+/// `server.body_timeout`; or the refusal to answer.
+async fn read_limited(
+    st: &Api,
+    body: axum::body::Body,
+    limit: usize,
+    key: &str,
+) -> Result<Bytes, Response> {
+    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over the limit of {limit} bytes ({key})"),
+                ));
+            }
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("the body could not be read: {e}"),
+            ))
+        }
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} (server.body_timeout)",
+                humantime::format_duration(st.body_timeout)
+            ),
+        )),
+    }
+}
+
+/// What one event's POST may be sent as.
+const EVENT_TYPES: &[&str] = &["application/json", "application/vnd.phraseanet.event+json"];
+/// What a batch may be sent as: one event per line.
+const BATCH_TYPES: &[&str] = &["application/x-ndjson", "application/jsonl"];
+
+/// The 415 to answer when the body's type is none of `accepted`.
+fn content_type_refusal(headers: &HeaderMap, accepted: &[&str]) -> Option<Response> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if accepted.iter().any(|a| mime.eq_ignore_ascii_case(a)) {
+        return None;
+    }
+    let got = if ct.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{ct:?}")
+    };
+    Some(error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("content type {got}; send {}", accepted.join(" or ")),
+    ))
+}
+
+/// The de-duplication key of an event of the shared route, and until when it
+/// holds; none without `server.dedup_window`.
+fn dedup_key(st: &Api, event: &Event) -> Option<(String, i64)> {
+    let window = st.directory.config().server.dedup_window?;
+    Some((
+        identity(event),
+        event.received_at + window.as_millis() as i64,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/events:batch", tag = "ingest",
+    params(("token" = Option<String>, Query, description = "the ingest token")),
+    request_body(content = String, content_type = "application/x-ndjson", description = "Phraseanet events, one per line, either format; blank lines are skipped"),
+    responses((status = 202, description = "every event stored durably, each with one delivery per client that wants it, in the order of the lines", body = BatchAccepted),
+        (status = 400, description = "lines that are not valid events, or no event at all: nothing was stored", body = BatchRefused),
+        (status = 401, description = "wrong or missing ingest token", body = ErrorBody),
+        (status = 413, description = "over `server.max_batch_body` or `server.max_batch_events`, or a line over `server.max_body`", body = ErrorBody),
+        (status = 415, description = "another content type", body = ErrorBody),
+        (status = 503, description = "some events could not be stored: the answer says which lines to send again", body = BatchAccepted)))]
+pub(super) async fn post_events_batch(
+    State(st): State<Arc<Api>>,
+    Q(q): Q<TokenQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let response = batch(&st, &q, &headers, body).await;
+    if !response.status().is_success() && response.status() != StatusCode::SERVICE_UNAVAILABLE {
+        crate::metrics::event_ingested(
+            "invalid",
+            crate::metrics::status_label(response.status().as_u16()),
+        );
+    }
+    response
+}
+
+/// A back-fill: many events in one request, all checked before any is stored,
+/// then stored together (they share the store's commits), answered once every
+/// one is on disk. Each is an event of the shared route, as if POSTed alone.
+async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::Body) -> Response {
+    if let Some(refused) = token_refusal(st, q, headers) {
+        return refused;
+    }
+    if let Some(refused) = content_type_refusal(headers, BATCH_TYPES) {
+        return refused;
+    }
+    let (max_bytes, max_events) = {
+        let config = st.directory.config();
+        (config.server.max_batch_body, config.server.max_batch_events)
+    };
+    let bytes = match read_limited(st, body, max_bytes, "server.max_batch_body").await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    // Every line first: a batch with one bad line stores nothing, so sending
+    // it again, fixed, cannot store an event twice.
+    let mut events = Vec::new();
+    let mut refused = Vec::new();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if events.len() + refused.len() == max_events {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the batch holds more than {max_events} events (server.max_batch_events)"),
+            );
+        }
+        let line_no = i + 1;
+        if line.len() > st.max_body {
+            refused.push(LineError {
+                line: line_no,
+                error: format!("over the limit of {} bytes (server.max_body)", st.max_body),
+            });
+            continue;
+        }
+        // Its own copy: an event outlives the batch's buffer (it waits in the
+        // queue until delivered), and should not keep the whole batch alive.
+        match Event::parse(new_event_id(), Bytes::copy_from_slice(line)) {
+            Ok(e) => events.push((line_no, Arc::new(e))),
+            Err(e) => refused.push(LineError {
+                line: line_no,
+                error: e.to_string(),
+            }),
+        }
+    }
+    if !refused.is_empty() {
+        let first = &refused[0];
+        let summary = format!(
+            "{} of {} lines are not events, so nothing was stored; line {}: {}",
+            refused.len(),
+            refused.len() + events.len(),
+            first.line,
+            first.error
+        );
+        refused.truncate(100);
+        let body = BatchRefused {
+            error: summary,
+            lines: refused,
+        };
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    if events.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the batch holds no event: send one event per line",
+        );
+    }
+    // Stored in the lines' order, so each client's deliveries keep it; on the
+    // embedded store they share its commits.
+    let mut counts = Vec::with_capacity(events.len());
+    let all = events
+        .iter()
+        .map(|(_, event)| {
+            let deliveries = st.routes.fan_out(&event.name);
+            counts.push(deliveries.len());
+            (event.clone(), deliveries, dedup_key(st, event))
+        })
+        .collect();
+    let stored = st.queue.enqueue_all(all).await;
+    let mut items = Vec::with_capacity(events.len());
+    let (mut total, mut failed) = (0, Vec::new());
+    for (((line, event), count), result) in events.iter().zip(counts).zip(stored) {
+        let label = crate::metrics::event_label(&event.name);
+        let mut item = BatchItem {
+            line: *line,
+            id: None,
+            deliveries: 0,
+            duplicate: false,
+            error: None,
+        };
+        match result {
+            Ok(Ingested::Stored(_)) => {
+                crate::metrics::event_ingested(label, "202");
+                item.id = Some(event.id.clone());
+                item.deliveries = count;
+                total += count;
+            }
+            Ok(Ingested::Duplicate(first)) => {
+                crate::metrics::event_ingested(label, "duplicate");
+                item.id = Some(first);
+                item.duplicate = true;
+            }
+            Err(e) => {
+                crate::metrics::event_ingested(label, "503");
+                tracing::error!("event not stored: {e}");
+                failed.push(*line);
+                item.error = Some(format!("not stored, send it again: {e}"));
+            }
+        }
+        items.push(item);
+    }
+    let status = if failed.is_empty() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let error = (!failed.is_empty()).then(|| {
+        format!(
+            "{} of {} events could not be stored (lines {}); send those lines again",
+            failed.len(),
+            items.len(),
+            failed
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
+    let body = BatchAccepted {
+        error,
+        events: items,
+        deliveries: total,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Marks the answer to a copy inside the de-duplication window (for the metrics).

@@ -67,6 +67,7 @@ pub fn router(state: Arc<Api>) -> axum::Router {
     use utoipa_axum::{router::OpenApiRouter, routes};
     let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(events::post_event))
+        .routes(routes!(events::post_events_batch))
         .routes(routes!(events::post_client_event))
         .routes(routes!(status::status))
         .routes(routes!(status::metrics))

@@ -69,6 +69,49 @@ pub(super) struct Accepted {
     pub deliveries: usize,
 }
 
+/// One event of a batch, in the answer, in the batch's order.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchItem {
+    /// The event's line in the body (from 1).
+    pub line: usize,
+    /// `evt_…`: the event stored, or the first one stored with the same
+    /// identity (a duplicate); absent when it could not be stored.
+    pub id: Option<String>,
+    /// How many clients get it.
+    pub deliveries: usize,
+    /// Inside `server.dedup_window` of an earlier event: nothing stored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    /// Why it could not be stored (a 503): send this line again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `202` (or `503`) to a batch of events.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchAccepted {
+    /// On a 503: how many could not be stored, and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub events: Vec<BatchItem>,
+    /// Deliveries made, over all the events.
+    pub deliveries: usize,
+}
+
+/// `400` to a batch with lines that are not events: nothing was stored.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchRefused {
+    pub error: String,
+    /// The first hundred lines refused, and why.
+    pub lines: Vec<LineError>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct LineError {
+    pub line: usize,
+    pub error: String,
+}
+
 /// The keys of a `[[clients]]` table (see the config file), as JSON.
 #[derive(Serialize, ToSchema)]
 pub(super) struct ClientSpec {

@@ -48,6 +48,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
@@ -106,6 +107,9 @@ pub enum HealthBy {
     Operator,
 }
 
+/// One event to store: it, its deliveries, its de-duplication key and until when.
+pub type Enqueue = (Arc<Event>, Vec<NewDelivery>, Option<(String, i64)>);
+
 /// The operations delivery needs. See the module header for the guarantees.
 pub trait Queue: Send + Sync + 'static {
     /// Stores `event` and its deliveries; returns once they are committed.
@@ -117,6 +121,24 @@ pub trait Queue: Send + Sync + 'static {
         deliveries: Vec<NewDelivery>,
         dedup: Option<(String, i64)>,
     ) -> BoxFuture<'_, Result<Ingested, QueueError>>;
+
+    /// Stores events in the order given, each as [`Queue::enqueue`] would;
+    /// returns once all are settled, each with its own outcome. By default one
+    /// after another; a back end whose writes sent together keep their order
+    /// lets them share commits instead.
+    fn enqueue_all(
+        &self,
+        events: Vec<Enqueue>,
+    ) -> BoxFuture<'_, Vec<Result<Ingested, QueueError>>> {
+        async move {
+            let mut out = Vec::with_capacity(events.len());
+            for (event, deliveries, dedup) in events {
+                out.push(self.enqueue(event, deliveries, dedup).await);
+            }
+            out
+        }
+        .boxed()
+    }
 
     /// Claims up to `limit` of `client`'s fresh deliveries, in commit order.
     fn claim_fresh(&self, client: &str, limit: usize) -> BoxFuture<'_, Vec<Job>>;

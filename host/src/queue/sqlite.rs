@@ -21,7 +21,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
-use super::{Health, Page, Queue, QueueError, Sweep};
+use super::{Enqueue, Health, Page, Queue, QueueError, Sweep};
 use crate::event::Event;
 use crate::model::{Job, NewDelivery, Update};
 use crate::store::sqlite::SqliteStore as Store;
@@ -225,13 +225,22 @@ impl Queue for SqliteQueue {
         let ev = event.clone();
         let after =
             Box::new(move |ds: Vec<NewDelivery>, seqs: &[i64]| Self::push(&clients, &ev, ds, seqs));
-        async move {
-            Ok(self
-                .store
-                .ingest(event, deliveries, dedup, Some(after))
-                .await?)
-        }
-        .boxed()
+        // Sent now: see `enqueue_all`.
+        let stored = self.store.ingest(event, deliveries, dedup, Some(after));
+        async move { Ok(stored.await?) }.boxed()
+    }
+
+    /// All sent to the one writer now, in order, so they are committed in that
+    /// order and share its commits.
+    fn enqueue_all(
+        &self,
+        events: Vec<Enqueue>,
+    ) -> BoxFuture<'_, Vec<Result<Ingested, QueueError>>> {
+        let stored: Vec<_> = events
+            .into_iter()
+            .map(|(event, deliveries, dedup)| self.enqueue(event, deliveries, dedup))
+            .collect();
+        futures_util::future::join_all(stored).boxed()
     }
 
     fn claim_fresh(&self, client: &str, limit: usize) -> BoxFuture<'_, Vec<Job>> {

@@ -187,13 +187,17 @@ impl SqliteStore {
     /// `after` runs on the writer thread right after the commit, before any later
     /// commit, so work handed out from it stays in commit order. With `dedup`
     /// (key, until), an event whose key is in its window is not stored again.
-    pub async fn ingest(
+    ///
+    /// The write is sent to the writer when this is called, not when the future
+    /// is first polled: ingests called one after another are committed in that
+    /// order, however their futures are then awaited.
+    pub fn ingest(
         &self,
         event: Arc<Event>,
         deliveries: Vec<NewDelivery>,
         dedup: Option<(String, i64)>,
         after: Option<AfterCommit>,
-    ) -> Result<Ingested, StoreError> {
+    ) -> impl Future<Output = Result<Ingested, StoreError>> + Send + 'static {
         let (done, rx) = oneshot::channel();
         let op = Op::Ingest {
             received_at: event.received_at,
@@ -203,8 +207,11 @@ impl SqliteStore {
             after,
             done,
         };
-        self.tx.send(op).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let sent = self.tx.send(op).map_err(|_| StoreError::Closed);
+        async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     /// Records `update`; returns once it is committed.
