@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::openapi::*;
-use super::{Api, P, Q, TokenQuery, error, token_refusal};
+use super::{Api, P, Q, TokenQuery, error, read_body, token_refusal};
 use crate::event::Event;
 use crate::model::new_event_id;
 use crate::store::Ingested;
@@ -153,32 +153,9 @@ async fn read_limited(
     limit: usize,
     key: &str,
 ) -> Result<Bytes, Response> {
-    let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit));
-    match read.await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let e = e.into_inner();
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over the limit of {limit} bytes ({key})"),
-                ));
-            }
-            Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("the body could not be read: {e}"),
-            ))
-        }
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the body did not arrive within {} (server.body_timeout)",
-                humantime::format_duration(st.body_timeout)
-            ),
-        )),
-    }
+    read_body(st, body, limit, key)
+        .await
+        .map_err(IntoResponse::into_response)
 }
 
 /// What one event's POST may be sent as.

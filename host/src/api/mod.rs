@@ -235,8 +235,9 @@ async fn in_force(st: &Api) {
     }
 }
 
-/// Reads a request body of at most `limit` bytes, within the body timeout.
-async fn read_body(st: &Api, body: axum::body::Body, limit: usize) -> ApiResult<Bytes> {
+/// Reads a request body of at most `limit` bytes (the config's `key`), within
+/// the body timeout: 413 over the limit, 408 too slow, 400 a broken body.
+async fn read_body(st: &Api, body: axum::body::Body, limit: usize, key: &str) -> ApiResult<Bytes> {
     let read = tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit));
     match read.await {
         Ok(Ok(b)) => Ok(b),
@@ -247,7 +248,7 @@ async fn read_body(st: &Api, body: axum::body::Body, limit: usize) -> ApiResult<
             {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is over the limit of {limit} bytes"),
+                    format!("the body is over the limit of {limit} bytes ({key})"),
                 ))
             } else {
                 Err(ApiError::bad(format!("the body could not be read: {e}")))
@@ -255,7 +256,10 @@ async fn read_body(st: &Api, body: axum::body::Body, limit: usize) -> ApiResult<
         }
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "the body did not arrive within server.body_timeout",
+            format!(
+                "the body did not arrive within {} (server.body_timeout)",
+                humantime::format_duration(st.body_timeout)
+            ),
         )),
     }
 }
@@ -265,7 +269,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     st: &Api,
     body: axum::body::Body,
 ) -> ApiResult<T> {
-    let bytes = read_body(st, body, st.max_body).await?;
+    let bytes = read_body(st, body, st.max_body, "server.max_body").await?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

@@ -61,7 +61,7 @@ async fn upload(
     // The body is read before any other refusal: the caller is known, and a
     // refusal that leaves a body unread makes most HTTP clients fail on the
     // write instead of showing the answer.
-    let bytes = read_body(&st, body, st.max_upload).await?;
+    let bytes = read_body(&st, body, st.max_upload, "plugins.max_file_size").await?;
     st.directory.uploads_allowed(access.id())?;
     let _one = Uploading::start(&st, access.id())?;
     if bytes.is_empty() {
