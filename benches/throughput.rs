@@ -8,6 +8,11 @@
 //! printed with its store writer thread's share, which varies far less between
 //! runs than the whole.
 //!
+//! HOOKWASM_BENCH_BATCH=B: the measured events go as back-fills instead,
+//! `POST /v1/events:batch` with B events per request (at most 1000),
+//! HOOKWASM_BENCH_BATCH_CONCURRENCY (4) requests at once; the baseline stays
+//! the bare loop of single POSTs.
+//!
 //! Then light load: HOOKWASM_BENCH_LIGHT events (500; 0 skips) POSTed one at a
 //! time, each waited for at the receiver: the time from the 202 to the delivery's
 //! arrival, against a bare POST's round trip one at a time in the same run.
@@ -173,9 +178,19 @@ async fn one_at_a_time(
 
 /// One POST of `body` as JSON, which must succeed.
 async fn post_one(http: &reqwest::Client, url: &str, body: &'static [u8]) -> reqwest::Response {
+    post_typed(http, url, body, "application/json").await
+}
+
+/// One POST of `body` as `content_type`, which must succeed.
+async fn post_typed(
+    http: &reqwest::Client,
+    url: &str,
+    body: &'static [u8],
+    content_type: &str,
+) -> reqwest::Response {
     let r = http
         .post(url)
-        .header("content-type", "application/json")
+        .header("content-type", content_type)
         .body(body)
         .send()
         .await
@@ -200,6 +215,34 @@ async fn post_all(url: &str, body: &'static [u8], n: usize, concurrency: usize) 
             let http = http.clone();
             async move {
                 post_one(&http, url, body).await;
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<()>()
+        .await;
+    start.elapsed()
+}
+
+/// `n` events (rounded down to whole batches) as `n / batch` back-fills of
+/// `batch` lines each, `concurrency` requests at once.
+async fn post_batches(
+    url: &str,
+    event: &[u8],
+    n: usize,
+    batch: usize,
+    concurrency: usize,
+) -> Duration {
+    let line = serde_json::to_string(&serde_json::from_slice::<serde_json::Value>(event).unwrap())
+        .unwrap();
+    let body: &'static [u8] = (line + "\n").repeat(batch).into_bytes().leak();
+    let url = url.replace("/v1/events", "/v1/events:batch");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    futures_util::stream::iter(0..n / batch)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                post_typed(&http, &url, body, "application/x-ndjson").await;
             }
         })
         .buffer_unordered(concurrency)
@@ -276,6 +319,7 @@ async fn main() {
     }
     let n = env_or("HOOKWASM_BENCH_EVENTS", 20_000);
     let concurrency = env_or("HOOKWASM_BENCH_CONCURRENCY", 64);
+    let batch = env_or("HOOKWASM_BENCH_BATCH", 0);
     let body: &'static [u8] =
         std::fs::read(repo().join("tests/fixtures/events/new_feed_entry.json"))
             .unwrap()
@@ -415,10 +459,16 @@ async fn main() {
     let writer_before = writer_all();
     let start = Instant::now();
     // The events spread over the hosts, as a load balancer would.
-    let share = n / hosts_n;
-    let posts = ingests
-        .iter()
-        .map(|url| post_all(url, body, share, concurrency / hosts_n));
+    let (share, batch_conc) = match batch {
+        0 => (n / hosts_n, 0),
+        b => (n / hosts_n / b * b, env_or("HOOKWASM_BENCH_BATCH_CONCURRENCY", 4)),
+    };
+    let posts = ingests.iter().map(|url| async move {
+        match batch {
+            0 => post_all(url, body, share, concurrency / hosts_n).await,
+            b => post_batches(url, body, share, b, batch_conc).await,
+        }
+    });
     futures_util::future::join_all(posts).await;
     let posted = start.elapsed();
     let n = share * hosts_n;
@@ -468,6 +518,11 @@ async fn main() {
     }
     let rate = n as f64 / end_to_end.as_secs_f64();
 
+    if batch > 0 {
+        println!(
+            "(the measured events as back-fills: {batch} per POST /v1/events:batch, {batch_conc} at once; the bare loop as below)"
+        );
+    }
     match &pg {
         None => println!(
             "throughput: {n} events, {concurrency} at once, passthrough plugin, SQLite synchronous=FULL"
