@@ -461,7 +461,10 @@ async fn main() {
     // The events spread over the hosts, as a load balancer would.
     let (share, batch_conc) = match batch {
         0 => (n / hosts_n, 0),
-        b => (n / hosts_n / b * b, env_or("HOOKWASM_BENCH_BATCH_CONCURRENCY", 4)),
+        b => (
+            n / hosts_n / b * b,
+            env_or("HOOKWASM_BENCH_BATCH_CONCURRENCY", 4),
+        ),
     };
     let posts = ingests.iter().map(|url| async move {
         match batch {
