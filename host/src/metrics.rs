@@ -13,7 +13,7 @@
 //! look up their key in the registry on every call, 1.5 % of the host's CPU under
 //! load (issue #15, BENCHMARKS.md).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::SharedString;
@@ -51,27 +51,34 @@ pub fn render() -> String {
 /// Metric handles by the static values of their labels, each made on first
 /// use. Before [`install`] nothing is kept: a handle made then would record
 /// nowhere for good.
-struct Handles<K, T>(Mutex<Vec<(K, T)>>);
+struct Handles<K, T>(RwLock<Vec<(K, T)>>);
 
 impl<K: PartialEq + Copy, T> Handles<K, T> {
     const fn new() -> Self {
-        Handles(Mutex::new(Vec::new()))
+        Handles(RwLock::new(Vec::new()))
     }
 
     /// Runs `use_it` on the handle of `key`, made by `make` the first time.
+    /// Shared reads: every ingest records through the same few handles.
     fn with(&self, key: K, make: impl FnOnce() -> T, use_it: impl FnOnce(&T)) {
         if HANDLE.get().is_none() {
             return use_it(&make());
         }
-        let mut handles = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match handles.iter().find(|(k, _)| *k == key) {
-            Some((_, h)) => use_it(h),
-            None => {
-                let h = make();
-                use_it(&h);
-                handles.push((key, h));
-            }
+        if let Some((_, h)) = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            return use_it(h);
         }
+        let mut handles = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if !handles.iter().any(|(k, _)| *k == key) {
+            handles.push((key, make()));
+        }
+        let (_, h) = handles.iter().find(|(k, _)| *k == key).expect("just made");
+        use_it(h)
     }
 }
 

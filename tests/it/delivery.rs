@@ -438,3 +438,21 @@ async fn a_binary_answer_is_recorded_and_the_delivery_goes_on() {
         "sent once more, not again and again"
     );
 }
+
+/// A client URL with a user and password: the receiver gets them as HTTP Basic
+/// authentication, and the request line carries no credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_a_client_url_become_basic_auth() {
+    let recv = Receiver::start().await;
+    let url = recv
+        .url("/basic")
+        .replacen("http://", "http://hook:s3cret@", 1);
+    let host = Config::new()
+        .client(Client::new("basic", &url))
+        .start()
+        .await;
+    assert_eq!(host.post(fixture(CURRENT)).await.0, 202);
+    let got = recv.wait_for("/basic", 1, WAIT).await;
+    // base64("hook:s3cret")
+    assert_eq!(got[0].header("authorization"), "Basic aG9vazpzM2NyZXQ=");
+}

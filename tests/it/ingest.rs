@@ -246,7 +246,22 @@ async fn the_ingest_token_is_required_when_set() {
         202,
         "Phraseanet can only be given a URL: ?token= must work"
     );
-    recv.wait_for("/raw", 2, WAIT).await;
+    // The batch route takes the same token, the same ways.
+    let batch = |query: &'static str| {
+        let req = reqwest::Client::new()
+            .post(host.url(&format!("/v1/events:batch{query}")))
+            .header("content-type", "application/x-ndjson")
+            .body(
+                String::from_utf8(fixture("record.created.json"))
+                    .unwrap()
+                    .replace('\n', ""),
+            );
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(batch("").await, 401);
+    assert_eq!(batch("?token=wrong").await, 401);
+    assert_eq!(batch("?token=s3cret").await, 202);
+    recv.wait_for("/raw", 3, WAIT).await;
 
     // The status names every client and plugin: it takes an operator token,
     // which the ingest token is not.
@@ -531,6 +546,31 @@ async fn a_batch_of_events_is_stored_whole_or_refused_whole() {
         "{msg}"
     );
 
+    // CRLF lines are events like any other; a line over server.max_body is
+    // refused with the others.
+    let crlf = format!(
+        "{}\r\n{}\r\n",
+        line(numbered(5).as_bytes()),
+        line(numbered(6).as_bytes())
+    );
+    let (status, answer) = post_batch(&host, crlf, "application/x-ndjson").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["deliveries"], 2, "{answer}");
+    let long = format!(
+        "{{\"event\":\"record.created\",\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let batch = ndjson(&[line(numbered(7).as_bytes()), long]);
+    let (status, answer) = post_batch(&host, batch, "application/x-ndjson").await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["lines"][0]["line"], 2, "{answer}");
+    assert!(
+        answer["lines"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_body")
+    );
+
     // Too many events, no event, the wrong type.
     let five = ndjson(
         &(10..15)
@@ -558,9 +598,10 @@ async fn a_batch_of_events_is_stored_whole_or_refused_whole() {
             .contains("application/x-ndjson")
     );
 
+    recv.wait_for("/raw", 5, WAIT).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(recv.got("/raw").len(), 3, "nothing refused was delivered");
-    // And the store holds the first batch's three deliveries, no more.
+    assert_eq!(recv.got("/raw").len(), 5, "nothing refused was delivered");
+    // And the store holds the good batches' five deliveries, no more.
     let (status, all) = host
         .api(
             "GET",
@@ -570,5 +611,5 @@ async fn a_batch_of_events_is_stored_whole_or_refused_whole() {
         )
         .await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(all["deliveries"].as_array().unwrap().len(), 3, "{all}");
+    assert_eq!(all["deliveries"].as_array().unwrap().len(), 5, "{all}");
 }

@@ -200,7 +200,7 @@ fn dedup_key(st: &Api, event: &Event) -> Option<(String, i64)> {
     responses((status = 202, description = "every event stored durably, each with one delivery per client that wants it, in the order of the lines", body = BatchAccepted),
         (status = 400, description = "lines that are not valid events, or no event at all: nothing was stored", body = BatchRefused),
         (status = 401, description = "wrong or missing ingest token", body = ErrorBody),
-        (status = 413, description = "over `server.max_batch_body` or `server.max_batch_events`, or a line over `server.max_body`", body = ErrorBody),
+        (status = 413, description = "over `server.max_batch_body` or `server.max_batch_events` (a line over `server.max_body` is one of the 400's lines)", body = ErrorBody),
         (status = 415, description = "another content type", body = ErrorBody),
         (status = 503, description = "some events could not be stored: the answer says which lines to send again", body = BatchAccepted)))]
 pub(super) async fn post_events_batch(
@@ -241,8 +241,11 @@ async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::
     // it again, fixed, cannot store an event twice.
     let mut events = Vec::new();
     let mut refused = Vec::new();
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes); // a BOM
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
+        // CRLF lines too: the `\r` is not part of the event.
+        let line = line.trim_ascii();
+        if line.is_empty() {
             continue;
         }
         if events.len() + refused.len() == max_events {
@@ -269,6 +272,7 @@ async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::
             }),
         }
     }
+    drop(bytes); // each event has its own copy
     if !refused.is_empty() {
         let first = &refused[0];
         let summary = format!(
@@ -302,7 +306,19 @@ async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::
             (event.clone(), deliveries, dedup_key(st, event))
         })
         .collect();
-    let stored = st.queue.enqueue_all(all).await;
+    // In a task of its own: a sender that hangs up does not cut the batch
+    // short; what was sent to the store is stored, whoever hears about it.
+    let queue = st.queue.clone();
+    let stored = match tokio::spawn(async move { queue.enqueue_all(all).await }).await {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!("a batch of events was not stored: {e}");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the batch could not be stored, send it again",
+            );
+        }
+    };
     let mut items = Vec::with_capacity(events.len());
     let (mut total, mut failed) = (0, Vec::new());
     for (((line, event), count), result) in events.iter().zip(counts).zip(stored) {
@@ -328,7 +344,6 @@ async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::
             }
             Err(e) => {
                 crate::metrics::event_ingested(label, "503");
-                tracing::error!("event not stored: {e}");
                 failed.push(*line);
                 item.error = Some(format!("not stored, send it again: {e}"));
             }
@@ -341,16 +356,18 @@ async fn batch(st: &Api, q: &TokenQuery, headers: &HeaderMap, body: axum::body::
         StatusCode::SERVICE_UNAVAILABLE
     };
     let error = (!failed.is_empty()).then(|| {
-        format!(
-            "{} of {} events could not be stored (lines {}); send those lines again",
+        let shown: Vec<String> = failed.iter().take(20).map(usize::to_string).collect();
+        let more = if failed.len() > 20 { ", …" } else { "" };
+        let said = format!(
+            "{} of {} events could not be stored (lines {}{more}); send those lines again, \
+             or the batch from line {} on with server.dedup_window set",
             failed.len(),
             items.len(),
-            failed
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+            shown.join(", "),
+            failed[0]
+        );
+        tracing::error!("{said}");
+        said
     });
     let body = BatchAccepted {
         error,

@@ -127,9 +127,27 @@ impl Sender {
             }
         }
         // The request made whole, not through a builder, whose `headers()`
-        // moves every header again into a new map.
-        let mut request = reqwest::Request::new(reqwest::Method::POST, client.url.clone());
+        // moves every header again into a new map. A URL with a user and
+        // password does go through it: it moves them out of the URL (and so out
+        // of any error message) into a Basic `Authorization` header, which a
+        // plugin's own `Authorization` replaces, as the builder would.
+        let credentials = !client.url.username().is_empty() || client.url.password().is_some();
+        let mut request = if credentials {
+            self.http
+                .post(client.url.clone())
+                .build()
+                .map_err(classify)?
+        } else {
+            reqwest::Request::new(reqwest::Method::POST, client.url.clone())
+        };
+        let basic = request.headers_mut().remove(reqwest::header::AUTHORIZATION);
         *request.headers_mut() = request_headers(client, msg_id, now_ms() / 1000, req);
+        if let Some(basic) = basic {
+            request
+                .headers_mut()
+                .entry(reqwest::header::AUTHORIZATION)
+                .or_insert(basic);
+        }
         *request.body_mut() = Some(req.body.clone().into());
         let response = self.http.execute(request).await.map_err(classify)?;
         let status = response.status().as_u16();

@@ -63,6 +63,9 @@ pub enum QueueError {
     Store(#[from] StoreError),
     #[error("the store read crashed: {0}")]
     Crashed(String),
+    /// Not tried: an earlier write of the same list failed.
+    #[error("not tried, after an earlier event of the batch could not be stored")]
+    NotAttempted,
 }
 
 /// A page of claimed deliveries.
@@ -124,16 +127,23 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Stores events in the order given, each as [`Queue::enqueue`] would;
     /// returns once all are settled, each with its own outcome. By default one
-    /// after another; a back end whose writes sent together keep their order
-    /// lets them share commits instead.
+    /// after another, and none after one that fails, so that what is stored is
+    /// always a first part of the list; a back end whose writes sent together
+    /// keep their order lets them share commits instead.
     fn enqueue_all(
         &self,
         events: Vec<Enqueue>,
     ) -> BoxFuture<'_, Vec<Result<Ingested, QueueError>>> {
         async move {
             let mut out = Vec::with_capacity(events.len());
+            let mut failed = false;
             for (event, deliveries, dedup) in events {
-                out.push(self.enqueue(event, deliveries, dedup).await);
+                out.push(if failed {
+                    Err(QueueError::NotAttempted)
+                } else {
+                    self.enqueue(event, deliveries, dedup).await
+                });
+                failed |= out.last().is_some_and(Result::is_err);
             }
             out
         }

@@ -545,13 +545,18 @@ fn apply(
                     out.push(Ok(o));
                 }
                 Err(e) => {
-                    drop(sp); // rolls back to the savepoint
                     tracing::error!(error = %e, "a store write failed and was undone");
                     refused[i] = Some(format!("the store refused the write: {e}"));
-                    if tx.is_autocommit() {
+                    if sp.is_autocommit() {
                         // The whole transaction is gone: run the rest again.
                         return Err(Err(Retry));
                     }
+                    // Undone explicitly: should the undo itself fail, part of
+                    // the op could commit while it is reported failed, so then
+                    // the batch fails whole.
+                    let mut sp = sp;
+                    sp.rollback().map_err(Ok)?;
+                    drop(sp);
                     out.push(Err(refused[i].clone().expect("just set")));
                 }
             }
