@@ -146,9 +146,21 @@ impl SqliteStore {
         let reader = schema::open(path, false)?;
         let other = schema::open(path, false)?;
         let (tx, rx) = mpsc::channel();
+        // The writer says whether it could prepare its statements before it
+        // takes any write: a store it cannot write to stops the host here, with
+        // the reason, rather than failing every write afterwards.
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer, rx))?;
+            .spawn(move || writer_loop(writer, rx, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!(
+                "the store's writer cannot prepare its statements on {}: {e}",
+                path.display()
+            ),
+            Err(_) => anyhow::bail!("the store's writer stopped as it started"),
+        }
         Ok(SqliteStore {
             tx,
             reader: Arc::new(Mutex::new(reader)),
@@ -435,14 +447,19 @@ const HELD_CLIENTS: &str = concat!(
     " AND state = 'held'"
 );
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Op>) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    ready: mpsc::SyncSender<Result<(), String>>,
+) {
     let mut statements = match schema::Statements::prepare(&conn) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
         Err(e) => {
-            // Cannot happen on a migrated store; should it, every write fails
-            // with the reason rather than the host stopping.
-            tracing::error!(error = %e, "the store's writer cannot prepare its statements");
-            None
+            let _ = ready.send(Err(e.to_string()));
+            return;
         }
     };
     while let Ok(first) = rx.recv() {
@@ -454,10 +471,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Op>) {
             }
         }
         let began = std::time::Instant::now();
-        let result = match &mut statements {
-            Some(st) => apply(&conn, st, &mut batch),
-            None => Err("the store's writer cannot prepare its statements".to_string()),
-        };
+        let result = apply(&conn, &mut statements, &mut batch);
         crate::metrics::store_commit(began.elapsed(), batch.len());
         finish(batch, result);
     }
@@ -521,7 +535,12 @@ fn apply(
     // a transaction of its own and commit that op alone, and the batch's
     // COMMIT would fail, reporting as failed ops that were written. So such an
     // op is set aside as failed (`refused`) and the batch run again without it.
+    //
+    // A second lost transaction in one batch means the cause is lasting (the
+    // disk stays full): the ops not yet tried are then failed untried, so a
+    // batch runs at most three times rather than once per op.
     let mut refused: Vec<Option<String>> = vec![None; batch.len()];
+    let mut lost = 0;
     let mut run = |isolate: bool,
                    refused: &mut Vec<Option<String>>|
      -> Result<Vec<Result<Outcome, String>>, Result<rusqlite::Error, Retry>> {
@@ -549,6 +568,13 @@ fn apply(
                     refused[i] = Some(format!("the store refused the write: {e}"));
                     if sp.is_autocommit() {
                         // The whole transaction is gone: run the rest again.
+                        lost += 1;
+                        if lost >= 2 {
+                            let why = format!("the store could not take this write: {e}");
+                            for r in refused.iter_mut().skip(i + 1) {
+                                r.get_or_insert_with(|| why.clone());
+                            }
+                        }
                         return Err(Err(Retry));
                     }
                     // Undone explicitly: should the undo itself fail, part of
@@ -566,7 +592,7 @@ fn apply(
     };
     // A busy database (a long read elsewhere) is worth a few more tries; a full
     // disk or a broken file is not. Each run again after a lost transaction
-    // has set one more op aside, so there are at most as many as ops.
+    // has set one more op aside, the second all the untried ones.
     let (mut tries, mut isolate) = (0, false);
     loop {
         match run(isolate, &mut refused) {
@@ -718,5 +744,57 @@ mod tests {
             "only the write that filled the disk failed"
         );
         assert!(conn.is_autocommit(), "no transaction left open");
+    }
+
+    #[test]
+    fn a_disk_that_stays_full_fails_the_untried_writes_of_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = schema::open_writer(&dir.path().join("s.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 8))
+            .unwrap();
+        let sizes_in = [100, 1 << 20, 1 << 20, 100, 100];
+        let mut batch: Vec<Op> = sizes_in
+            .into_iter()
+            .map(|n: i64| Op::Run {
+                write: Box::new(move |c: &Connection| {
+                    c.execute("INSERT INTO t VALUES (zeroblob(?1))", [n])?;
+                    Ok(Box::new(()) as AnyValue)
+                }),
+                done: oneshot::channel().0,
+            })
+            .collect();
+        let mut st = schema::Statements::prepare(&conn).unwrap();
+        let outcomes = apply(&conn, &mut st, &mut batch).expect("the batch commits");
+        let done: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+        // Two lost transactions: the two writes after the second are not tried,
+        // though each would fit (a disk that stays full would fail them all, one
+        // rerun of the batch each).
+        assert_eq!(done, [true, false, false, false, false]);
+        let untried = outcomes[3].as_ref().err().unwrap();
+        assert!(untried.contains("could not take this write"), "{untried}");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "only what was reported done is stored");
+    }
+
+    #[test]
+    fn a_store_whose_writer_cannot_prepare_its_statements_does_not_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE attempts")
+            .unwrap();
+        let err = SqliteStore::open(&path).err().expect("refused");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("cannot prepare its statements"), "{msg}");
+        assert!(msg.contains("attempts"), "{msg}");
     }
 }
