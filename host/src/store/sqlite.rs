@@ -695,8 +695,9 @@ mod tests {
     /// limit), which makes SQLite roll the whole transaction back. What `apply`
     /// reports must be what the store holds (no write it calls failed may be
     /// there, every one it calls done must be), and the others still commit.
-    #[test]
-    fn a_batch_that_fills_the_disk_reports_what_it_wrote() {
+    /// A writer's store with a table `t (b BLOB)` and room for 8 more pages: a
+    /// write of a MiB fills the disk.
+    fn nearly_full_store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = schema::open_writer(&dir.path().join("s.db")).unwrap();
         schema::migrate(&mut conn).unwrap();
@@ -706,6 +707,12 @@ mod tests {
             .unwrap();
         conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 8))
             .unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn a_batch_that_fills_the_disk_reports_what_it_wrote() {
+        let (_dir, conn) = nearly_full_store();
         let insert = |n: usize| -> AnyWrite {
             Box::new(move |c: &Connection| {
                 c.execute("INSERT INTO t VALUES (zeroblob(?1))", [n as i64])?;
@@ -748,15 +755,7 @@ mod tests {
 
     #[test]
     fn a_disk_that_stays_full_fails_the_untried_writes_of_a_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = schema::open_writer(&dir.path().join("s.db")).unwrap();
-        schema::migrate(&mut conn).unwrap();
-        conn.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
-        let pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
-            .unwrap();
-        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 8))
-            .unwrap();
+        let (_dir, conn) = nearly_full_store();
         let sizes_in = [100, 1 << 20, 1 << 20, 100, 100];
         let mut batch: Vec<Op> = sizes_in
             .into_iter()
