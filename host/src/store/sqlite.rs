@@ -538,7 +538,8 @@ fn apply(
     //
     // A second lost transaction in one batch means the cause is lasting (the
     // disk stays full): the ops not yet tried are then failed untried, so a
-    // batch runs at most three times rather than once per op.
+    // batch runs at most four times (whole, then op by op up to three times)
+    // rather than once per op.
     let mut refused: Vec<Option<String>> = vec![None; batch.len()];
     let mut lost = 0;
     let mut run = |isolate: bool,
@@ -691,10 +692,6 @@ mod tests {
         assert!(plan.contains("deliveries_client"), "{plan}");
     }
 
-    /// A batch whose middle write fills the disk (here: the store's page
-    /// limit), which makes SQLite roll the whole transaction back. What `apply`
-    /// reports must be what the store holds (no write it calls failed may be
-    /// there, every one it calls done must be), and the others still commit.
     /// A writer's store with a table `t (b BLOB)` and room for 8 more pages: a
     /// write of a MiB fills the disk.
     fn nearly_full_store() -> (tempfile::TempDir, Connection) {
@@ -710,6 +707,10 @@ mod tests {
         (dir, conn)
     }
 
+    /// A batch whose middle write fills the disk (here: the store's page
+    /// limit), which makes SQLite roll the whole transaction back. What `apply`
+    /// reports must be what the store holds (no write it calls failed may be
+    /// there, every one it calls done must be), and the others still commit.
     #[test]
     fn a_batch_that_fills_the_disk_reports_what_it_wrote() {
         let (_dir, conn) = nearly_full_store();
