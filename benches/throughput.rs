@@ -4,7 +4,8 @@
 //! same receiver with the same concurrency, measured in the same run.
 //!
 //! `cargo bench --bench throughput` (HOOKWASM_BENCH_EVENTS, HOOKWASM_BENCH_CONCURRENCY
-//! change the defaults of 20000 events, 64 at once). The host's CPU per event is
+//! change the defaults of 20000 events, 64 at once; HOOKWASM_BENCH_MAX_IN_FLIGHT
+//! the client's `delivery.max_in_flight`, as many as at once). The host's CPU per event is
 //! printed with its store writer thread's share, which varies far less between
 //! runs than the whole.
 //!
@@ -319,6 +320,9 @@ async fn main() {
     }
     let n = env_or("HOOKWASM_BENCH_EVENTS", 20_000);
     let concurrency = env_or("HOOKWASM_BENCH_CONCURRENCY", 64);
+    // The client's deliveries in flight at once (`delivery.max_in_flight`); by
+    // default as many as the events posted at once, 16 being the host's default.
+    let max_in_flight = env_or("HOOKWASM_BENCH_MAX_IN_FLIGHT", concurrency);
     let batch = env_or("HOOKWASM_BENCH_BATCH", 0);
     let body: &'static [u8] =
         std::fs::read(repo().join("tests/fixtures/events/new_feed_entry.json"))
@@ -387,7 +391,7 @@ async fn main() {
             .unwrap();
         let config = format!(
             "[server]\nlisten = \"{listen}\"\nopen_metrics = true\n[plugins]\ndir = \"plugins\"\n[store]\n{store}\n{retention}\
-             [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {concurrency}\n\
+             [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {max_in_flight}\n\
              [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
         );
         let file = dir.path().join(format!("hookwasm-{i}.toml"));

@@ -261,6 +261,26 @@ async fn a_hanging_or_failing_client_does_not_hold_up_a_healthy_one() {
     assert_eq!(down.last().unwrap()["attempts"][0]["error_kind"], "connect");
 }
 
+/// `max_in_flight` bounds the requests a receiver is answering at once, and is
+/// used whole: a permit comes back when the receiver has answered, not when the
+/// outcome is committed (which would hold the client to `max_in_flight`
+/// deliveries per store commit under load).
+#[tokio::test(flavor = "multi_thread")]
+async fn max_in_flight_bounds_the_requests_a_receiver_answers_at_once() {
+    let recv = Receiver::start().await;
+    recv.set_delay("/c", Duration::from_millis(100));
+    let host = Config::new()
+        .client(Client::to(&recv, "c").max_in_flight(3))
+        .start()
+        .await;
+    for n in 0..24 {
+        assert_eq!(host.post(numbered(n)).await.0, 202);
+    }
+    recv.wait_for("/c", 24, WAIT).await;
+    assert_eq!(recv.peak("/c"), 3, "three at once, never more");
+    host.wait_state("c", 24, "delivered").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn signatures_verify_with_the_reference_library_during_rotation() {
     let recv = Receiver::start().await;

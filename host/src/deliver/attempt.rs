@@ -3,6 +3,10 @@
 //! queue, and keep the client's health: how long it has been failing, and
 //! whether it is disabled.
 
+use std::sync::atomic::Ordering;
+
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::Worker;
 use super::http::Verdict;
 use super::retry::{self, Next};
@@ -10,8 +14,17 @@ use crate::model::{Job, State, StoredRender, Update, now_ms};
 use crate::queue::{Health, HealthBy};
 
 impl Worker {
-    /// Makes one attempt and records it with the delivery's next state.
-    pub(super) async fn attempt(&self, job: Job, render: StoredRender, first_render: bool) {
+    /// Makes one attempt and records it with the delivery's next state. The
+    /// permit (one of the client's `max_in_flight`) is given back once the
+    /// receiver has answered and the answer is judged, before the outcome is
+    /// committed.
+    pub(super) async fn attempt(
+        &self,
+        job: Job,
+        render: StoredRender,
+        first_render: bool,
+        permit: OwnedSemaphorePermit,
+    ) {
         let settings = self.settings();
         let (attempt, verdict) = settings
             .sender
@@ -73,6 +86,10 @@ impl Worker {
                 error = attempt.error.as_deref().unwrap_or(""), "attempt failed");
         }
         self.note_health(!failed);
+        // What this answer decides in memory (a 410's disabling, the health
+        // window) is decided before the next attempt may take the permit.
+        drop(permit);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         update.attempt = Some(attempt);
         if first_render {
             update.render_is_event_body = render.request.body == job.event.raw;

@@ -85,7 +85,15 @@ struct Worker {
     permits: Arc<Semaphore>,
     /// The permits there are (`max_in_flight`); it follows the client's setting.
     capacity: Mutex<usize>,
+    /// Requests being made: a permit is held for the request only, not while
+    /// its outcome is committed, so `max_in_flight` bounds what the receiver
+    /// sees, not the store's fsync (which would cap a client at max_in_flight
+    /// deliveries per commit).
     in_flight: AtomicUsize,
+    /// Attempts whose outcome is not committed yet, and a signal when that
+    /// falls to none: stopping waits for them.
+    unrecorded: AtomicUsize,
+    recorded: Notify,
     health: Mutex<Health>,
     /// Cancelled when the host stops, or the client is removed or disabled:
     /// take no new attempt.
@@ -232,6 +240,8 @@ impl Dispatcher {
                         permits: Arc::new(Semaphore::new(entry.client.delivery.max_in_flight)),
                         capacity: Mutex::new(entry.client.delivery.max_in_flight),
                         in_flight: AtomicUsize::new(0),
+                        unrecorded: AtomicUsize::new(0),
+                        recorded: Notify::new(),
                         health: Mutex::new(health),
                         cancel: self.cancel.child_token(),
                         soonest_retry: Mutex::new(None),
@@ -469,6 +479,14 @@ impl Worker {
         // Let attempts in flight finish and their outcomes be committed.
         let capacity = *self.capacity.lock().unwrap();
         let _ = self.permits.acquire_many(capacity as u32).await;
+        loop {
+            // Created before the count is read: a notice sent in between is kept.
+            let recorded = self.recorded.notified();
+            if self.unrecorded.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            recorded.await;
+        }
     }
 
     /// While disabled, look now and then whether someone enabled the client again.
@@ -613,10 +631,12 @@ impl Worker {
             };
             let me = self.clone();
             self.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.unrecorded.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(async move {
-                me.attempt(job, render, first_render).await;
-                me.in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
+                me.attempt(job, render, first_render, permit).await;
+                if me.unrecorded.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    me.recorded.notify_waiters();
+                }
             });
         }
     }

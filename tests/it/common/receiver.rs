@@ -41,6 +41,8 @@ struct RecvState {
     headers: Mutex<HashMap<String, Vec<(String, String)>>>,
     /// Per path: the answer's body, instead of a line of text.
     bodies: Mutex<HashMap<String, Vec<u8>>>,
+    /// Per path: requests being answered now, and the most there have been.
+    open: Mutex<HashMap<String, (usize, usize)>>,
 }
 
 /// A real HTTP server on 127.0.0.1 that records every request.
@@ -63,6 +65,12 @@ impl Receiver {
             let st = st.clone();
             async move {
                 let path = req.uri().path().to_string();
+                {
+                    let mut open = st.open.lock().unwrap();
+                    let (now, peak) = open.entry(path.clone()).or_default();
+                    *now += 1;
+                    *peak = (*peak).max(*now);
+                }
                 let headers = req.headers().clone();
                 let body = axum::body::to_bytes(req.into_body(), 256 << 20)
                     .await
@@ -89,6 +97,9 @@ impl Receiver {
                 let body_out = st.bodies.lock().unwrap().get(&path).cloned();
                 let body_out =
                     body_out.unwrap_or_else(|| b"answer from the test receiver".to_vec());
+                if let Some((now, _)) = st.open.lock().unwrap().get_mut(&path) {
+                    *now -= 1;
+                }
                 st.got.lock().unwrap().push(Got {
                     path,
                     headers,
@@ -145,6 +156,16 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_string(), d);
+    }
+
+    /// The most requests on `path` that were being answered at once.
+    pub fn peak(&self, path: &str) -> usize {
+        self.state
+            .open
+            .lock()
+            .unwrap()
+            .get(path)
+            .map_or(0, |(_, peak)| *peak)
     }
 
     pub fn got(&self, path: &str) -> Vec<Got> {
