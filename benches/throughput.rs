@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
+/// The bench client's signing secret: every delivery is signed (Standard
+/// Webhooks), as issue #15's target counts it.
+const BENCH_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -109,6 +113,8 @@ fn pg_server_cpu(server: &str) -> Option<Duration> {
 #[derive(Default)]
 struct Seen {
     count: AtomicUsize,
+    /// Requests that came with a `webhook-signature` (the host's deliveries).
+    signed: AtomicUsize,
     last: std::sync::Mutex<Option<Instant>>,
     arrived: tokio::sync::Notify,
 }
@@ -117,16 +123,21 @@ struct Seen {
 async fn receiver() -> (std::net::SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let c = seen.clone();
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let c = c.clone();
-        async move {
-            std::hint::black_box(body);
-            *c.last.lock().unwrap() = Some(Instant::now());
-            c.count.fetch_add(1, Ordering::Relaxed);
-            c.arrived.notify_one();
-            "ok"
-        }
-    });
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let c = c.clone();
+            async move {
+                std::hint::black_box(body);
+                if headers.contains_key("webhook-signature") {
+                    c.signed.fetch_add(1, Ordering::Relaxed);
+                }
+                *c.last.lock().unwrap() = Some(Instant::now());
+                c.count.fetch_add(1, Ordering::Relaxed);
+                c.arrived.notify_one();
+                "ok"
+            }
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -392,7 +403,8 @@ async fn main() {
         let config = format!(
             "[server]\nlisten = \"{listen}\"\nopen_metrics = true\n[plugins]\ndir = \"plugins\"\n[store]\n{store}\n{retention}\
              [delivery]\nallowed_networks = [\"127.0.0.0/8\"]\nmax_in_flight = {max_in_flight}\n\
-             [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n"
+             [[clients]]\nid = \"bench\"\nurl = \"http://{raddr}/hook\"\nplugin = \"passthrough.wasm\"\n\
+             secret = \"{BENCH_SECRET}\"\n"
         );
         let file = dir.path().join(format!("hookwasm-{i}.toml"));
         std::fs::write(&file, config).unwrap();
@@ -487,6 +499,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let end_to_end = start.elapsed();
+    assert!(
+        seen.signed.load(Ordering::Relaxed) >= n,
+        "every delivery is signed"
+    );
     let host_cpu = cpu_all() - host_before;
     let writer_cpu = writer_all() - writer_before;
     let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
@@ -532,10 +548,10 @@ async fn main() {
     }
     match &pg {
         None => println!(
-            "throughput: {n} events, {concurrency} at once, passthrough plugin, SQLite synchronous=FULL"
+            "throughput: {n} events, {concurrency} at once, passthrough plugin, signed, SQLite synchronous=FULL"
         ),
         Some(_) => println!(
-            "throughput: {n} events, {concurrency} at once, passthrough plugin, PostgreSQL (synchronous_commit on), {hosts_n} host(s)"
+            "throughput: {n} events, {concurrency} at once, passthrough plugin, signed, PostgreSQL (synchronous_commit on), {hosts_n} host(s)"
         ),
     }
     println!("  bare reqwest POST loop      {bare_rate:>10.0} requests/s");
