@@ -631,13 +631,30 @@ impl Worker {
             };
             let me = self.clone();
             self.in_flight.fetch_add(1, Ordering::Relaxed);
-            self.unrecorded.fetch_add(1, Ordering::AcqRel);
+            let unrecorded = Unrecorded::new(self.clone());
             tokio::spawn(async move {
                 me.attempt(job, render, first_render, permit).await;
-                if me.unrecorded.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    me.recorded.notify_waiters();
-                }
+                drop(unrecorded);
             });
+        }
+    }
+}
+
+/// One attempt whose outcome is not committed yet, counted until dropped (a
+/// panicking attempt included), so that stopping never waits for it forever.
+struct Unrecorded(Arc<Worker>);
+
+impl Unrecorded {
+    fn new(worker: Arc<Worker>) -> Unrecorded {
+        worker.unrecorded.fetch_add(1, Ordering::AcqRel);
+        Unrecorded(worker)
+    }
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        if self.0.unrecorded.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.recorded.notify_waiters();
         }
     }
 }
