@@ -129,7 +129,7 @@ async fn receiver() -> (std::net::SocketAddr, Arc<Seen>) {
             async move {
                 std::hint::black_box(body);
                 if headers.contains_key("webhook-signature") {
-                    c.signed.fetch_add(1, Ordering::Relaxed);
+                    c.signed.fetch_add(1, Ordering::SeqCst);
                 }
                 *c.last.lock().unwrap() = Some(Instant::now());
                 c.count.fetch_add(1, Ordering::Relaxed);
@@ -500,7 +500,7 @@ async fn main() {
     }
     let end_to_end = start.elapsed();
     assert!(
-        seen.signed.load(Ordering::Relaxed) >= n,
+        seen.signed.load(Ordering::SeqCst) >= n,
         "every delivery is signed"
     );
     let host_cpu = cpu_all() - host_before;

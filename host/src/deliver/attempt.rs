@@ -88,8 +88,9 @@ impl Worker {
         self.note_health(!failed);
         // What this answer decides in memory (a 410's disabling, the health
         // window) is decided before the next attempt may take the permit.
-        drop(permit);
+        // Counted down first: the status never shows more than max_in_flight.
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
         update.attempt = Some(attempt);
         if first_render {
             update.render_is_event_body = render.request.body == job.event.raw;

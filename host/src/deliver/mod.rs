@@ -90,8 +90,9 @@ struct Worker {
     /// sees, not the store's fsync (which would cap a client at max_in_flight
     /// deliveries per commit).
     in_flight: AtomicUsize,
-    /// Attempts whose outcome is not committed yet, and a signal when that
-    /// falls to none: stopping waits for them.
+    /// Attempts whose outcome is not committed yet, and a signal at each one
+    /// committed: stopping waits for none to be left, and new attempts for
+    /// fewer than [`UNRECORDED_PER_PERMIT`] per permit.
     unrecorded: AtomicUsize,
     recorded: Notify,
     health: Mutex<Health>,
@@ -489,6 +490,22 @@ impl Worker {
         }
     }
 
+    /// Waits while the client has more than [`UNRECORDED_PER_PERMIT`] ×
+    /// `max_in_flight` attempts sent and not yet committed: a permit comes back
+    /// before its outcome's commit, and a stalled store must not let the
+    /// worker go on sending (and hold, and after a crash resend) without bound.
+    async fn until_few_unrecorded(&self) {
+        loop {
+            // Created before the count is read: a notice sent in between is kept.
+            let recorded = self.recorded.notified();
+            let most = *self.capacity.lock().unwrap() * UNRECORDED_PER_PERMIT;
+            if self.unrecorded.load(Ordering::Acquire) < most {
+                return;
+            }
+            recorded.await;
+        }
+    }
+
     /// While disabled, look now and then whether someone enabled the client again.
     async fn wait_enabled(&self) {
         tokio::select! {
@@ -613,6 +630,7 @@ impl Worker {
                 biased;
                 _ = self.cancel.cancelled() => None,
                 p = async {
+                    self.until_few_unrecorded().await;
                     let p = self.permits.clone().acquire_owned().await;
                     if let Some(l) = &settings.limiter {
                         l.until_ready().await;
@@ -640,6 +658,10 @@ impl Worker {
     }
 }
 
+/// Attempts sent and not yet committed, at most, per permit of the client's
+/// `max_in_flight` (see [`Worker::until_few_unrecorded`]).
+const UNRECORDED_PER_PERMIT: usize = 16;
+
 /// One attempt whose outcome is not committed yet, counted until dropped (a
 /// panicking attempt included), so that stopping never waits for it forever.
 struct Unrecorded(Arc<Worker>);
@@ -653,8 +675,8 @@ impl Unrecorded {
 
 impl Drop for Unrecorded {
     fn drop(&mut self) {
-        if self.0.unrecorded.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.recorded.notify_waiters();
-        }
+        self.0.unrecorded.fetch_sub(1, Ordering::AcqRel);
+        // Stopping waits for none left, a new attempt for fewer than its bound.
+        self.0.recorded.notify_waiters();
     }
 }

@@ -572,9 +572,15 @@ fn apply(
                         lost += 1;
                         if lost >= 2 {
                             let why = format!("the store could not take this write: {e}");
-                            for r in refused.iter_mut().skip(i + 1) {
-                                r.get_or_insert_with(|| why.clone());
+                            let mut untried = 0;
+                            for r in refused.iter_mut().skip(i + 1).filter(|r| r.is_none()) {
+                                *r = Some(why.clone());
+                                untried += 1;
                             }
+                            // Some of these have no caller waiting (a client's
+                            // health, a parked delivery): say they were lost.
+                            tracing::error!(error = %e, untried,
+                                "the store keeps refusing writes; the rest of this batch fails untried");
                         }
                         return Err(Err(Retry));
                     }
