@@ -3,13 +3,9 @@
 //! queue, and keep the client's health: how long it has been failing, and
 //! whether it is disabled.
 
-use std::sync::atomic::Ordering;
-
-use tokio::sync::OwnedSemaphorePermit;
-
-use super::Worker;
 use super::http::Verdict;
 use super::retry::{self, Next};
+use super::{Slot, Worker};
 use crate::model::{Job, State, StoredRender, Update, now_ms};
 use crate::queue::{Health, HealthBy};
 
@@ -23,7 +19,7 @@ impl Worker {
         job: Job,
         render: StoredRender,
         first_render: bool,
-        permit: OwnedSemaphorePermit,
+        slot: Slot,
     ) {
         let settings = self.settings();
         let (attempt, verdict) = settings
@@ -88,9 +84,7 @@ impl Worker {
         self.note_health(!failed);
         // What this answer decides in memory (a 410's disabling, the health
         // window) is decided before the next attempt may take the permit.
-        // Counted down first: the status never shows more than max_in_flight.
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
+        drop(slot);
         update.attempt = Some(attempt);
         if first_render {
             update.render_is_event_body = render.request.body == job.event.raw;

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Client;
@@ -648,13 +648,39 @@ impl Worker {
                 return;
             };
             let me = self.clone();
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let slot = Slot::new(self.clone(), permit);
             let unrecorded = Unrecorded::new(self.clone());
             tokio::spawn(async move {
-                me.attempt(job, render, first_render, permit).await;
+                me.attempt(job, render, first_render, slot).await;
                 drop(unrecorded);
             });
         }
+    }
+}
+
+/// One request being made: a permit of the client's `max_in_flight`, and its
+/// count in the status, both given back when dropped (a panicking attempt
+/// included).
+struct Slot {
+    worker: Arc<Worker>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    fn new(worker: Arc<Worker>, permit: OwnedSemaphorePermit) -> Slot {
+        worker.in_flight.fetch_add(1, Ordering::Relaxed);
+        Slot {
+            worker,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Before the permit (a field, dropped after this): the status never
+        // shows more than max_in_flight.
+        self.worker.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
