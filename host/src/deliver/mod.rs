@@ -480,26 +480,19 @@ impl Worker {
         // Let attempts in flight finish and their outcomes be committed.
         let capacity = *self.capacity.lock().unwrap();
         let _ = self.permits.acquire_many(capacity as u32).await;
-        loop {
-            // Created before the count is read: a notice sent in between is kept.
-            let recorded = self.recorded.notified();
-            if self.unrecorded.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            recorded.await;
-        }
+        self.until_unrecorded_below(1).await;
     }
 
-    /// Waits while the client has more than [`UNRECORDED_PER_PERMIT`] ×
-    /// `max_in_flight` attempts sent and not yet committed: a permit comes back
-    /// before its outcome's commit, and a stalled store must not let the
-    /// worker go on sending (and hold, and after a crash resend) without bound.
-    async fn until_few_unrecorded(&self) {
+    /// Waits until fewer than `n` attempts are sent and not yet committed.
+    /// Before each new attempt, `n` is [`UNRECORDED_PER_PERMIT`] ×
+    /// `max_in_flight`: a permit comes back before its outcome's commit, and a
+    /// stalled store must not let the worker go on sending (and hold, and after
+    /// a crash resend) without bound.
+    async fn until_unrecorded_below(&self, n: usize) {
         loop {
             // Created before the count is read: a notice sent in between is kept.
             let recorded = self.recorded.notified();
-            let most = *self.capacity.lock().unwrap() * UNRECORDED_PER_PERMIT;
-            if self.unrecorded.load(Ordering::Acquire) < most {
+            if self.unrecorded.load(Ordering::Acquire) < n {
                 return;
             }
             recorded.await;
@@ -630,7 +623,8 @@ impl Worker {
                 biased;
                 _ = self.cancel.cancelled() => None,
                 p = async {
-                    self.until_few_unrecorded().await;
+                    let most = *self.capacity.lock().unwrap() * UNRECORDED_PER_PERMIT;
+                    self.until_unrecorded_below(most).await;
                     let p = self.permits.clone().acquire_owned().await;
                     if let Some(l) = &settings.limiter {
                         l.until_ready().await;
@@ -685,7 +679,7 @@ impl Drop for Slot {
 }
 
 /// Attempts sent and not yet committed, at most, per permit of the client's
-/// `max_in_flight` (see [`Worker::until_few_unrecorded`]).
+/// `max_in_flight` (see [`Worker::until_unrecorded_below`]).
 const UNRECORDED_PER_PERMIT: usize = 16;
 
 /// One attempt whose outcome is not committed yet, counted until dropped (a
