@@ -8,7 +8,7 @@
 #
 # Each BINARY is a `hookwasm` built at some commit (copy target/release/hookwasm
 # aside after each build). The bench executable is built once, from this tree:
-#   cargo bench --bench throughput --no-run
+#   cargo bench --bench throughput --bench floor --no-run
 # HOOKWASM_BENCH_EVENTS (30000 here) and the bench's other settings apply to
 # every run; light load is off unless HOOKWASM_BENCH_LIGHT says otherwise. One
 # line per run; the means per binary at the end.
@@ -34,7 +34,9 @@ for _ in $(seq 1 "$runs"); do
         exch=$(awk '/host CPU per event/ {print $(NF-1)}' <<<"$out")
         wpc=$(awk '/store writes per commit/ {print $5}' <<<"$out")
         writer=$(awk '/of which the store writer/ {print $6}' <<<"$out")
-        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writer_cpu_us=${writer:-0} writes_per_commit=$wpc" |
+        # With HOOKWASM_BENCH_FLOOR=1: the floor's CPU per event, same run.
+        floor=$(sed -n 's/.*floor (benches.*CPU per event \([0-9.]*\) µs.*/\1/p' <<<"$out")
+        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writer_cpu_us=${writer:-0} writes_per_commit=$wpc floor_cpu_us=${floor:-0}" |
             tee -a "$results"
     done
 done
@@ -44,9 +46,10 @@ awk '{
         n[$1]++; r[$1] += v["ratio"]; s[$1] += v["deliveries/s"]; h[$1] += v["host_cpu_us"]
         w[$1] += v["writes_per_commit"]; wr[$1] += v["writer_cpu_us"]
         if (v["exchange_cpu_us"] > 0) { x[$1] += v["host_cpu_us"] / v["exchange_cpu_us"]; xn[$1]++ }
+        if (v["floor_cpu_us"] > 0) { f[$1] += v["host_cpu_us"] / v["floor_cpu_us"]; fn[$1]++ }
      }
      END {
         for (k in n)
-            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writer_cpu_us=%.1f writes_per_commit=%.1f\n",
-                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), wr[k] / n[k], w[k] / n[k]
+            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writer_cpu_us=%.1f writes_per_commit=%.1f host/floor=%.2f\n",
+                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), wr[k] / n[k], w[k] / n[k], (fn[k] ? f[k] / fn[k] : 0)
      }' "$results" | sort

@@ -14,6 +14,12 @@
 //! HOOKWASM_BENCH_BATCH_CONCURRENCY (4) requests at once; the baseline stays
 //! the bare loop of single POSTs.
 //!
+//! HOOKWASM_BENCH_FLOOR=1: the same events then go, under the same load, to
+//! the floor (benches/floor.rs: the least a durable, signing relay does with
+//! hookwasm's crates; build it with `cargo bench --bench floor --no-run`),
+//! and its rate and CPU per event are printed beside hookwasm's: what is left
+//! above it is hookwasm's own work.
+//!
 //! Then light load: HOOKWASM_BENCH_LIGHT events (500; 0 skips) POSTed one at a
 //! time, each waited for at the receiver: the time from the 202 to the delivery's
 //! arrival, against a bare POST's round trip one at a time in the same run.
@@ -263,6 +269,125 @@ async fn post_batches(
     start.elapsed()
 }
 
+/// A perf recording of process `pid` into `file`: HOOKWASM_BENCH_PERF_ARGS
+/// says what to record (by default call graphs from DWARF: release builds
+/// keep no frame pointers).
+fn perf_record(file: &str, pid: u32) -> std::process::Child {
+    let what = std::env::var("HOOKWASM_BENCH_PERF_ARGS")
+        .unwrap_or_else(|_| "-F 499 --call-graph dwarf,16384".into());
+    Command::new("perf")
+        .arg("record")
+        .args(what.split_whitespace())
+        .args(["-o", file, "-p"])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf)")
+}
+
+/// Ends a recording, its file written whole.
+fn perf_stop(mut perf: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+}
+
+/// The floor program (benches/floor.rs), built beside this bench.
+fn floor_exe() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("floor-") && p.extension().is_none()
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .expect("the floor: cargo bench --bench floor --no-run")
+}
+
+/// What the floor did with the measured events.
+struct Floor {
+    rate: f64,
+    cpu: Duration,
+    writer_cpu: Duration,
+}
+
+/// The floor (benches/floor.rs) under the same load as hookwasm: `n` events
+/// POSTed `concurrency` at once until the receiver has every delivery, signed.
+async fn floor_run(
+    raddr: std::net::SocketAddr,
+    body: &'static [u8],
+    n: usize,
+    concurrency: usize,
+    max_in_flight: usize,
+    seen: &Seen,
+) -> Floor {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = Command::new(floor_exe())
+        .env(
+            "HOOKWASM_FLOOR_SERVE",
+            format!(
+                "{listen} http://{raddr}/floor {} {max_in_flight} {BENCH_SECRET}",
+                dir.path().join("floor.db").display()
+            ),
+        )
+        .spawn()
+        .unwrap();
+    while reqwest::get(format!("http://{listen}/healthz"))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{listen}/v1/events");
+    let count = &seen.count;
+    let warm = count.load(Ordering::SeqCst) + 2_000;
+    post_all(&url, body, 2_000, concurrency).await;
+    while count.load(Ordering::SeqCst) < warm {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (before, signed_before) = (warm, seen.signed.load(Ordering::SeqCst));
+    let pid = server.id();
+    let (cpu_before, writer_before) = (cpu_of(pid), thread_cpu(pid, "store-writer"));
+    let perf = std::env::var("HOOKWASM_BENCH_FLOOR_PERF")
+        .ok()
+        .map(|file| perf_record(&file, pid));
+    let start = Instant::now();
+    post_all(&url, body, n, concurrency).await;
+    while count.load(Ordering::SeqCst) < before + n {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the floor stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    if let Some(p) = perf {
+        perf_stop(p);
+    }
+    let floor = Floor {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        cpu: cpu_of(pid) - cpu_before,
+        writer_cpu: thread_cpu(pid, "store-writer") - writer_before,
+    };
+    assert_eq!(seen.signed.load(Ordering::SeqCst) - signed_before, n);
+    let _ = server.kill();
+    let _ = server.wait();
+    floor
+}
+
 fn build_passthrough() -> PathBuf {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
@@ -447,22 +572,12 @@ async fn main() {
     let before = count.load(Ordering::Relaxed);
     let signed_before = seen.signed.load(Ordering::SeqCst);
     // HOOKWASM_BENCH_PERF=FILE: a perf profile of the host over the measured
-    // run (call graphs from DWARF: release builds keep no frame pointers).
-    // HOOKWASM_BENCH_PERF_ARGS: what to record instead, such as
-    // "-e raw_syscalls:sys_enter" for the system calls.
-    let perf = std::env::var("HOOKWASM_BENCH_PERF").ok().map(|file| {
-        let what = std::env::var("HOOKWASM_BENCH_PERF_ARGS")
-            .unwrap_or_else(|_| "-F 499 --call-graph dwarf,16384".into());
-        Command::new("perf")
-            .arg("record")
-            .args(what.split_whitespace())
-            .args(["-o", &file, "-p"])
-            .arg(first.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("perf (Debian's linux-perf)")
-    });
+    // run (HOOKWASM_BENCH_FLOOR_PERF: of the floor's). HOOKWASM_BENCH_PERF_ARGS:
+    // what to record instead, such as "-e raw_syscalls:sys_enter" for the
+    // system calls.
+    let perf = std::env::var("HOOKWASM_BENCH_PERF")
+        .ok()
+        .map(|file| perf_record(&file, first));
     let ids: Vec<u32> = hosts.iter().map(|h| h.id()).collect();
     let cpu_all = || ids.iter().map(|id| cpu_of(*id)).sum::<Duration>();
     let server_cpu = || pg.as_deref().and_then(pg_server_cpu);
@@ -508,11 +623,8 @@ async fn main() {
     let host_cpu = cpu_all() - host_before;
     let writer_cpu = writer_all() - writer_before;
     let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
-    if let Some(mut p) = perf {
-        let _ = Command::new("kill")
-            .args(["-INT", &p.id().to_string()])
-            .status();
-        let _ = p.wait();
+    if let Some(p) = perf {
+        perf_stop(p);
     }
     // The store's writes per commit on the first host: how well its writer
     // groups the event path's writes (each commit writes its pages once).
@@ -542,6 +654,14 @@ async fn main() {
         let _ = host.wait();
     }
     let rate = n as f64 / end_to_end.as_secs_f64();
+    // HOOKWASM_BENCH_FLOOR=1: the floor under the same load, once hookwasm
+    // has stopped (single POSTs to one host on SQLite only).
+    let floor = match std::env::var("HOOKWASM_BENCH_FLOOR").as_deref() {
+        Ok("1") if pg.is_none() && batch == 0 => {
+            Some(floor_run(raddr, body, n, concurrency, max_in_flight, &seen).await)
+        }
+        _ => None,
+    };
 
     if batch > 0 {
         println!(
@@ -578,6 +698,17 @@ async fn main() {
         "  store writes per commit     {:>10.1} ({writes} writes, {commits} commits, warm-up included, light load not)",
         writes / commits
     );
+    if let Some(f) = &floor {
+        println!(
+            "  floor (benches/floor.rs)    {:>10.0} deliveries/s, ratio {:.3}, CPU per event {:.1} µs (writer {:.1} µs); hookwasm / floor: rate {:.3}, CPU {:.2}",
+            f.rate,
+            f.rate / bare_rate,
+            f.cpu.as_secs_f64() * 1e6 / n as f64,
+            f.writer_cpu.as_secs_f64() * 1e6 / n as f64,
+            rate / f.rate,
+            host_cpu.as_secs_f64() / f.cpu.as_secs_f64(),
+        );
+    }
     if light > 0 {
         println!(
             "  light load, one at a time   POST -> delivery p50 {:.2} ms, p99 {:.2} ms; 202 -> delivery p50 {:.2} ms, p99 {:.2} ms ({light} events)",
