@@ -36,7 +36,8 @@ for _ in $(seq 1 "$runs"); do
         writer=$(awk '/of which the store writer/ {print $6}' <<<"$out")
         # With HOOKWASM_BENCH_FLOOR=1: the floor's CPU per event, same run.
         floor=$(sed -n 's/.*floor (benches.*CPU per event \([0-9.]*\) µs.*/\1/p' <<<"$out")
-        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writer_cpu_us=${writer:-0} writes_per_commit=$wpc floor_cpu_us=${floor:-0}" |
+        floor_ratio=$(sed -n 's/.*floor (benches.*, ratio \([0-9.]*\),.*/\1/p' <<<"$out")
+        echo "$bin ratio=$ratio deliveries/s=$rate host_cpu_us=$cpu exchange_cpu_us=$exch writer_cpu_us=${writer:-0} writes_per_commit=$wpc floor_cpu_us=${floor:-0} floor_ratio=${floor_ratio:-0}" |
             tee -a "$results"
     done
 done
@@ -46,10 +47,14 @@ awk '{
         n[$1]++; r[$1] += v["ratio"]; s[$1] += v["deliveries/s"]; h[$1] += v["host_cpu_us"]
         w[$1] += v["writes_per_commit"]; wr[$1] += v["writer_cpu_us"]
         if (v["exchange_cpu_us"] > 0) { x[$1] += v["host_cpu_us"] / v["exchange_cpu_us"]; xn[$1]++ }
-        if (v["floor_cpu_us"] > 0) { f[$1] += v["host_cpu_us"] / v["floor_cpu_us"]; fn[$1]++ }
+        if (v["floor_cpu_us"] > 0) {
+            f[$1] += v["host_cpu_us"] / v["floor_cpu_us"]; fn[$1]++
+            fr[$1] += v["floor_ratio"]; fx[$1] += v["floor_cpu_us"] / v["exchange_cpu_us"]
+        }
      }
      END {
         for (k in n)
-            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writer_cpu_us=%.1f writes_per_commit=%.1f host/floor=%.2f\n",
-                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), wr[k] / n[k], w[k] / n[k], (fn[k] ? f[k] / fn[k] : 0)
+            printf "%s runs=%d ratio=%.3f deliveries/s=%.0f host_cpu_us=%.1f host/exchange=%.2f writer_cpu_us=%.1f writes_per_commit=%.1f host/floor=%.2f floor_ratio=%.3f floor/exchange=%.2f\n",
+                k, n[k], r[k] / n[k], s[k] / n[k], h[k] / n[k], (xn[k] ? x[k] / xn[k] : 0), wr[k] / n[k], w[k] / n[k],
+                (fn[k] ? f[k] / fn[k] : 0), (fn[k] ? fr[k] / fn[k] : 0), (fn[k] ? fx[k] / fn[k] : 0)
      }' "$results" | sort

@@ -346,6 +346,44 @@ async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) {
     }
 }
 
+/// A refused request with a body may leave that body unread, so its answer
+/// closes the connection; an accepted one, or a refusal without a body, keeps
+/// it open for the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_body_closes_the_connection() {
+    let host = Config::new().start().await;
+    let http = reqwest::Client::new();
+    let post = |body: String| {
+        http.post(host.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let closes = |r: &reqwest::Response| {
+        r.headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    };
+    let refused = post("{\"name\":\"new_feed_entry\"}".into()).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(closes(&refused), "{:?}", refused.headers());
+    let huge = post("x".repeat(2 << 20)).await.unwrap();
+    assert_eq!(huge.status(), 413);
+    assert!(closes(&huge), "{:?}", huge.headers());
+    let accepted = post(String::from_utf8(fixture(CURRENT)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    assert!(!closes(&accepted), "{:?}", accepted.headers());
+    let no_body = http
+        .get(host.url("/v1/no-such-route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_body.status(), 404);
+    assert!(!closes(&no_body), "{:?}", no_body.headers());
+}
+
 /// Only size is a 413: a body that cannot be read (a malformed chunk) is a 400.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_chunked_body_is_a_400_not_a_413() {

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+// The request whole, not a `HeaderMap` extractor, which copies every header.
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -35,10 +36,10 @@ use crate::store::Ingested;
 pub(super) async fn post_event(
     State(st): State<Arc<Api>>,
     Q(q): Q<TokenQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    request: Request,
 ) -> Response {
-    take(&st, &q, &headers, body, None).await
+    let (parts, body) = request.into_parts();
+    take(&st, &q, &parts.headers, body, None).await
 }
 
 #[utoipa::path(post, path = "/v1/clients/{id}/events", tag = "ingest",
@@ -53,10 +54,10 @@ pub(super) async fn post_client_event(
     State(st): State<Arc<Api>>,
     P(id): P<String>,
     Q(q): Q<TokenQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    request: Request,
 ) -> Response {
-    take(&st, &q, &headers, body, Some(&id)).await
+    let (parts, body) = request.into_parts();
+    take(&st, &q, &parts.headers, body, Some(&id)).await
 }
 
 /// Takes one event in (for every client that wants it, or for `only`), and
@@ -206,10 +207,10 @@ fn dedup_key(st: &Api, event: &Event) -> Option<(String, i64)> {
 pub(super) async fn post_events_batch(
     State(st): State<Arc<Api>>,
     Q(q): Q<TokenQuery>,
-    headers: HeaderMap,
-    body: axum::body::Body,
+    request: Request,
 ) -> Response {
-    let response = batch(&st, &q, &headers, body).await;
+    let (parts, body) = request.into_parts();
+    let response = batch(&st, &q, &parts.headers, body).await;
     if !response.status().is_success() && response.status() != StatusCode::SERVICE_UNAVAILABLE {
         crate::metrics::event_ingested(
             "invalid",

@@ -9,7 +9,12 @@
 //!   their first byte (a slow sender is cut off, however steadily it trickles);
 //! - a kept-alive connection with no request for `server.idle_timeout` is closed;
 //! - a request's body must arrive within `server.body_timeout` (checked where the
-//!   body is read, in `events`, which answers 408).
+//!   body is read, in `events`, which answers 408);
+//! - a request with a body that is refused (4xx) may leave the body unread, and
+//!   the connection cannot carry another request then: the answer says
+//!   `Connection: close` rather than let the client reuse it and fail. (Here,
+//!   not as a router layer: a layer boxes every request's future and clones
+//!   the route's service, a cost on each event.)
 //!
 //! On shutdown no new connection is taken, idle ones are closed, and requests in
 //! flight are finished before [`serve`] returns.
@@ -23,6 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http::{HeaderValue, header};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -141,8 +147,20 @@ async fn connection(
             use tower::Service as _;
             clock.request_started();
             let (mut app, clock) = (app.clone(), clock.clone());
+            let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0");
             async move {
-                let answer = app.call(req).await;
+                let mut answer = app.call(req).await;
+                if has_body
+                    && let Ok(r) = &mut answer
+                    && r.status().is_client_error()
+                {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 clock.request_done();
                 answer
             }

@@ -86,7 +86,6 @@ pub fn router(state: Arc<Api>) -> axum::Router {
         )
         // Bodies are read with our own limits, so a 413 says what the limit is.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(close_after_refused_body))
         .with_state(state)
         .fallback(|| async {
             error(
@@ -97,28 +96,6 @@ pub fn router(state: Arc<Api>) -> axum::Router {
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
         })
-}
-
-/// A request with a body that is refused may leave its body unread; the
-/// connection cannot carry another request then, so the answer says
-/// `Connection: close` rather than let the client reuse it and fail.
-async fn close_after_refused_body(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    let mut response = next.run(req).await;
-    if has_body && response.status().is_client_error() {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    response
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
