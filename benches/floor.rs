@@ -15,8 +15,9 @@
 //! metrics, the queue's bookkeeping.
 //!
 //! `HOOKWASM_FLOOR_SERVE="LISTEN RECEIVER_URL DB_PATH MAX_IN_FLIGHT SECRET"`
-//! starts it; it serves until killed. `HOOKWASM_FLOOR_INDEXES=1` adds the
-//! indexes hookwasm's store keeps on these tables, to price them apart.
+//! starts it; it serves until killed. `HOOKWASM_FLOOR_INDEXES=1` adds four of
+//! the indexes hookwasm's store keeps on these tables (by id, by event, and of
+//! the pending work), to price them apart.
 
 // As hookwasm's own binary: the floor is to differ from the host in what it
 // does, not in its allocator.
