@@ -74,6 +74,24 @@ fn thread_cpu(pid: u32, name: &str) -> Duration {
 }
 
 /// utime + stime of a /proc stat line.
+/// Context switches (voluntary and not) of process `pid`'s threads so far: each
+/// is a thread that slept (or was preempted) and woke again.
+fn switches_of(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn stat_cpu(stat: &str) -> Duration {
     // After the command name in parentheses: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -318,6 +336,7 @@ struct Floor {
     rate: f64,
     cpu: Duration,
     writer_cpu: Duration,
+    switches: u64,
 }
 
 /// The floor (benches/floor.rs) under the same load as hookwasm: `n` events
@@ -361,6 +380,7 @@ async fn floor_run(
     let (before, signed_before) = (warm, seen.signed.load(Ordering::SeqCst));
     let pid = server.id();
     let (cpu_before, writer_before) = (cpu_of(pid), thread_cpu(pid, "store-writer"));
+    let switches_before = switches_of(pid);
     let perf = std::env::var("HOOKWASM_BENCH_FLOOR_PERF")
         .ok()
         .map(|file| perf_record(&file, pid));
@@ -380,6 +400,7 @@ async fn floor_run(
     let floor = Floor {
         rate: n as f64 / elapsed.as_secs_f64(),
         cpu: cpu_of(pid) - cpu_before,
+        switches: switches_of(pid) - switches_before,
         writer_cpu: thread_cpu(pid, "store-writer") - writer_before,
     };
     assert_eq!(seen.signed.load(Ordering::SeqCst) - signed_before, n);
@@ -588,6 +609,8 @@ async fn main() {
             .sum::<Duration>()
     };
     let host_before = cpu_all();
+    let switches_all = || ids.iter().map(|id| switches_of(*id)).sum::<u64>();
+    let switches_before = switches_all();
     let writer_before = writer_all();
     let start = Instant::now();
     // The events spread over the hosts, as a load balancer would.
@@ -621,6 +644,7 @@ async fn main() {
         "every delivery of the measured run is signed"
     );
     let host_cpu = cpu_all() - host_before;
+    let switches = switches_all() - switches_before;
     let writer_cpu = writer_all() - writer_before;
     let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
     if let Some(p) = perf {
@@ -695,16 +719,21 @@ async fn main() {
         );
     }
     println!(
+        "  context switches per event  {:>10.2} (the host's threads sleeping or preempted and waking again)",
+        switches as f64 / n as f64
+    );
+    println!(
         "  store writes per commit     {:>10.1} ({writes} writes, {commits} commits, warm-up included, light load not)",
         writes / commits
     );
     if let Some(f) = &floor {
         println!(
-            "  floor (benches/floor.rs)    {:>10.0} deliveries/s, ratio {:.3}, CPU per event {:.1} µs (writer {:.1} µs); hookwasm / floor: rate {:.3}, CPU {:.2}",
+            "  floor (benches/floor.rs)    {:>10.0} deliveries/s, ratio {:.3}, CPU per event {:.1} µs (writer {:.1} µs), {:.2} context switches per event; hookwasm / floor: rate {:.3}, CPU {:.2}",
             f.rate,
             f.rate / bare_rate,
             f.cpu.as_secs_f64() * 1e6 / n as f64,
             f.writer_cpu.as_secs_f64() * 1e6 / n as f64,
+            f.switches as f64 / n as f64,
             rate / f.rate,
             host_cpu.as_secs_f64() / f.cpu.as_secs_f64(),
         );
