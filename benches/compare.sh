@@ -47,7 +47,7 @@ awk '{
         n[$1]++; r[$1] += v["ratio"]; s[$1] += v["deliveries/s"]; h[$1] += v["host_cpu_us"]
         w[$1] += v["writes_per_commit"]; wr[$1] += v["writer_cpu_us"]
         if (v["exchange_cpu_us"] > 0) { x[$1] += v["host_cpu_us"] / v["exchange_cpu_us"]; xn[$1]++ }
-        if (v["floor_cpu_us"] > 0) {
+        if (v["floor_cpu_us"] > 0 && v["exchange_cpu_us"] > 0) {
             f[$1] += v["host_cpu_us"] / v["floor_cpu_us"]; fn[$1]++
             fr[$1] += v["floor_ratio"]; fx[$1] += v["floor_cpu_us"] / v["exchange_cpu_us"]
         }

@@ -38,13 +38,13 @@ use tokio::sync::{Semaphore, oneshot};
 
 /// What the writer thread is asked to write.
 enum Op {
-    /// An event and its one delivery; answered with the delivery's row once
-    /// committed.
+    /// An event and its one delivery; answered with the delivery (its row
+    /// and id) once committed.
     Ingest {
         event_id: String,
         delivery_id: String,
         body: Bytes,
-        done: oneshot::Sender<i64>,
+        done: oneshot::Sender<(i64, String)>,
     },
     /// An attempt's outcome; committed with the next group, answered by no one
     /// (hookwasm does wait for it before it lets the client's next attempts
@@ -75,9 +75,10 @@ fn now_ms() -> i64 {
 /// The writer thread: takes what is waiting, writes it in one transaction,
 /// commits, answers. One fsync serves every write that came in meanwhile.
 fn writer(path: &str, indexes: bool, ops: mpsc::Receiver<Op>) {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    // The host's own writer connection (WAL, synchronous=FULL, a commit's WAL
+    // writes in one system call, its page cache): the floor pays per commit
+    // what the host does.
+    let conn = hookwasm::store::sqlite::writer_connection(std::path::Path::new(path)).unwrap();
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, \
            body BLOB NOT NULL, received_at INTEGER NOT NULL);
@@ -139,7 +140,7 @@ fn writer(path: &str, indexes: bool, ops: mpsc::Receiver<Op>) {
                     let delivery = insert_delivery
                         .insert(params![delivery_id, event, at])
                         .unwrap();
-                    answers.push((done, delivery));
+                    answers.push((done, (delivery, delivery_id)));
                 }
                 Op::Outcome {
                     delivery,
@@ -214,25 +215,34 @@ async fn deliver(relay: Arc<Relay>, delivery: i64, msg_id: String, body: Bytes) 
     });
 }
 
+/// `prefix` and a new ULID in lower case, in one allocation, as the host's ids.
+fn new_id(prefix: &str) -> String {
+    let mut ulid = [0u8; ulid::ULID_LEN];
+    let ulid = ulid::Ulid::new().array_to_str(&mut ulid);
+    ulid.make_ascii_lowercase();
+    let mut id = String::with_capacity(prefix.len() + ulid.len());
+    id.push_str(prefix);
+    id.push_str(ulid);
+    id
+}
+
 async fn ingest(State(relay): State<Arc<Relay>>, body: Bytes) -> (StatusCode, String) {
-    let event_id = format!("evt_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let delivery_id = format!("msg_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let event_id = new_id("evt_");
+    let answer = format!("{{\"id\":\"{event_id}\",\"deliveries\":1}}");
     let (done, stored) = oneshot::channel();
     relay
         .writer
         .send(Op::Ingest {
-            event_id: event_id.clone(),
-            delivery_id: delivery_id.clone(),
+            event_id,
+            delivery_id: new_id("msg_"),
             body: body.clone(),
             done,
         })
         .unwrap();
-    let delivery = stored.await.unwrap();
+    // The 202 only once the event and its delivery are committed.
+    let (delivery, delivery_id) = stored.await.unwrap();
     tokio::spawn(deliver(relay, delivery, delivery_id, body));
-    (
-        StatusCode::ACCEPTED,
-        format!("{{\"id\":\"{event_id}\",\"deliveries\":1}}"),
-    )
+    (StatusCode::ACCEPTED, answer)
 }
 
 fn main() {
@@ -258,10 +268,14 @@ fn main() {
         .unwrap();
     let relay = Arc::new(Relay {
         writer: tx,
+        // The host's client settings (deliver/http.rs), its address guard
+        // aside (it acts at connect time only).
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .no_proxy()
             .timeout(std::time::Duration::from_secs(30))
+            .connect_timeout(std::time::Duration::from_secs(10))
             .pool_max_idle_per_host(max_in_flight)
             .build()
             .unwrap(),
@@ -278,7 +292,14 @@ fn main() {
         .build()
         .unwrap()
         .block_on(async move {
-            let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+            // Small answers go out at once, as the host's do (api/listen.rs).
+            use axum::serve::ListenerExt as _;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .unwrap()
+                .tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
             axum::serve(listener, app).await.unwrap();
         });
 }

@@ -73,25 +73,41 @@ fn thread_cpu(pid: u32, name: &str) -> Duration {
         .sum()
 }
 
-/// utime + stime of a /proc stat line.
-/// Context switches (voluntary and not) of process `pid`'s threads so far: each
-/// is a thread that slept (or was preempted) and woke again.
-fn switches_of(pid: u32) -> u64 {
+/// Context switches (voluntary and not) of each of process `pid`'s threads so
+/// far, by thread id: each is a thread that slept (or was preempted) and woke
+/// again.
+fn switches_of(pid: u32) -> std::collections::HashMap<String, u64> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return Default::default();
     };
     tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .flat_map(|status| {
-            status
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let switches = status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum();
+            Some((t.file_name().to_string_lossy().into_owned(), switches))
         })
+        .collect()
+}
+
+/// The context switches between two readings of [`switches_of`], of the
+/// threads in both: a thread that ended between them (a blocking-pool thread
+/// let go) took its count along.
+fn switches_between(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+) -> u64 {
+    after
+        .iter()
+        .filter_map(|(tid, n)| Some(n.saturating_sub(*before.get(tid)?)))
         .sum()
 }
 
+/// utime + stime of a /proc stat line.
 fn stat_cpu(stat: &str) -> Duration {
     // After the command name in parentheses: state is field 3, utime 14, stime 15.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
@@ -235,6 +251,19 @@ async fn post_typed(
     r
 }
 
+/// Waits until the receiver has counted `total` requests; returns the time
+/// since `start`. Fails after ten minutes: `who` stalled.
+async fn until_received(count: &AtomicUsize, total: usize, start: Instant, who: &str) -> Duration {
+    while count.load(Ordering::SeqCst) < total {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "{who}: deliveries stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
 /// The `q` quantile of sorted `times`, in ms.
 fn quantile(times: &[Duration], q: f64) -> f64 {
     times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3
@@ -312,14 +341,16 @@ fn perf_stop(mut perf: std::process::Child) {
     let _ = perf.wait();
 }
 
-/// The floor program (benches/floor.rs), built beside this bench.
+/// The floor program (benches/floor.rs), built beside this bench: the newest
+/// build there is, which must not be older than its source.
 fn floor_exe() -> PathBuf {
     let deps = std::env::current_exe()
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
-    std::fs::read_dir(&deps)
+    let modified = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let exe = std::fs::read_dir(&deps)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -327,8 +358,24 @@ fn floor_exe() -> PathBuf {
             let name = p.file_name().unwrap().to_string_lossy();
             name.starts_with("floor-") && p.extension().is_none()
         })
-        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
-        .expect("the floor: cargo bench --bench floor --no-run")
+        .max_by_key(|p| modified(p))
+        .expect("no floor built: cargo bench --bench floor --no-run");
+    assert!(
+        modified(&exe) >= modified(&repo().join("benches/floor.rs")),
+        "{} is older than benches/floor.rs: cargo bench --bench floor --no-run",
+        exe.display()
+    );
+    exe
+}
+
+/// A child process killed when dropped: a failed run leaves no server behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// What the floor did with the measured events.
@@ -354,20 +401,31 @@ async fn floor_run(
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut server = Command::new(floor_exe())
-        .env(
-            "HOOKWASM_FLOOR_SERVE",
-            format!(
-                "{listen} http://{raddr}/floor {} {max_in_flight} {BENCH_SECRET}",
-                dir.path().join("floor.db").display()
-            ),
-        )
-        .spawn()
-        .unwrap();
+    let mut server = Killed(
+        Command::new(floor_exe())
+            .env(
+                "HOOKWASM_FLOOR_SERVE",
+                format!(
+                    "{listen} http://{raddr}/floor {} {max_in_flight} {BENCH_SECRET}",
+                    dir.path().join("floor.db").display()
+                ),
+            )
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
     while reqwest::get(format!("http://{listen}/healthz"))
         .await
         .is_err()
     {
+        assert!(
+            server.0.try_wait().unwrap().is_none(),
+            "the floor stopped as it started"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the floor did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = format!("http://{listen}/v1/events");
@@ -378,7 +436,7 @@ async fn floor_run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (before, signed_before) = (warm, seen.signed.load(Ordering::SeqCst));
-    let pid = server.id();
+    let pid = server.0.id();
     let (cpu_before, writer_before) = (cpu_of(pid), thread_cpu(pid, "store-writer"));
     let switches_before = switches_of(pid);
     let perf = std::env::var("HOOKWASM_BENCH_FLOOR_PERF")
@@ -386,26 +444,22 @@ async fn floor_run(
         .map(|file| perf_record(&file, pid));
     let start = Instant::now();
     post_all(&url, body, n, concurrency).await;
-    while count.load(Ordering::SeqCst) < before + n {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "the floor stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let elapsed = start.elapsed();
-    if let Some(p) = perf {
-        perf_stop(p);
-    }
+    let elapsed = until_received(count, before + n, start, "the floor").await;
+    // Read as for the host: the figures first, then the recording stops.
     let floor = Floor {
         rate: n as f64 / elapsed.as_secs_f64(),
         cpu: cpu_of(pid) - cpu_before,
-        switches: switches_of(pid) - switches_before,
+        switches: switches_between(&switches_before, &switches_of(pid)),
         writer_cpu: thread_cpu(pid, "store-writer") - writer_before,
     };
-    assert_eq!(seen.signed.load(Ordering::SeqCst) - signed_before, n);
-    let _ = server.kill();
-    let _ = server.wait();
+    if let Some(p) = perf {
+        perf_stop(p);
+    }
+    assert_eq!(
+        seen.signed.load(Ordering::SeqCst) - signed_before,
+        n,
+        "every delivery of the floor's measured run is signed"
+    );
     floor
 }
 
@@ -609,7 +663,7 @@ async fn main() {
             .sum::<Duration>()
     };
     let host_before = cpu_all();
-    let switches_all = || ids.iter().map(|id| switches_of(*id)).sum::<u64>();
+    let switches_all = || ids.iter().map(|id| switches_of(*id)).collect::<Vec<_>>();
     let switches_before = switches_all();
     let writer_before = writer_all();
     let start = Instant::now();
@@ -630,21 +684,18 @@ async fn main() {
     futures_util::future::join_all(posts).await;
     let posted = start.elapsed();
     let n = share * hosts_n;
-    while count.load(Ordering::SeqCst) < before + n {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "deliveries stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let end_to_end = start.elapsed();
+    let end_to_end = until_received(count, before + n, start, "hookwasm").await;
     assert_eq!(
         seen.signed.load(Ordering::SeqCst) - signed_before,
         n,
         "every delivery of the measured run is signed"
     );
     let host_cpu = cpu_all() - host_before;
-    let switches = switches_all() - switches_before;
+    let switches: u64 = switches_before
+        .iter()
+        .zip(switches_all())
+        .map(|(before, after)| switches_between(before, &after))
+        .sum();
     let writer_cpu = writer_all() - writer_before;
     let server = server_cpu().zip(server_before).map(|(a, b)| a - b);
     if let Some(p) = perf {
@@ -683,6 +734,10 @@ async fn main() {
     let floor = match std::env::var("HOOKWASM_BENCH_FLOOR").as_deref() {
         Ok("1") if pg.is_none() && batch == 0 => {
             Some(floor_run(raddr, body, n, concurrency, max_in_flight, &seen).await)
+        }
+        Ok("1") => {
+            println!("(no floor: it is measured for single POSTs on SQLite only)");
+            None
         }
         _ => None,
     };

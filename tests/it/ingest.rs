@@ -347,8 +347,8 @@ async fn closed_by_server(s: &mut tokio::net::TcpStream, within: Duration) {
 }
 
 /// A refused request with a body may leave that body unread, so its answer
-/// closes the connection; an accepted one, or a refusal without a body, keeps
-/// it open for the next request.
+/// closes the connection, whichever route refused it; an accepted one, or a
+/// refusal without a body, keeps it open for the next request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_body_closes_the_connection() {
     let host = Config::new().start().await;
@@ -382,6 +382,15 @@ async fn a_refused_body_closes_the_connection() {
         .unwrap();
     assert_eq!(no_body.status(), 404);
     assert!(!closes(&no_body), "{:?}", no_body.headers());
+    // Any route's refusal: a body sent to no route at all is not read either.
+    let nowhere = http
+        .post(host.url("/v1/no-such-route"))
+        .body("x".repeat(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowhere.status(), 404);
+    assert!(closes(&nowhere), "{:?}", nowhere.headers());
 }
 
 /// Only size is a 413: a body that cannot be read (a malformed chunk) is a 400.

@@ -10,8 +10,9 @@
 //! - a kept-alive connection with no request for `server.idle_timeout` is closed;
 //! - a request's body must arrive within `server.body_timeout` (checked where the
 //!   body is read, in `events`, which answers 408);
-//! - a request with a body that is refused (4xx) may leave the body unread, and
-//!   the connection cannot carry another request then: the answer says
+//! - a request with a body that is refused (4xx, by any route, the console's
+//!   and "no such route" included) may leave the body unread, and the
+//!   connection cannot carry another request then: the answer says
 //!   `Connection: close` rather than let the client reuse it and fail. (Here,
 //!   not as a router layer: a layer boxes every request's future and clones
 //!   the route's service, a cost on each event.)

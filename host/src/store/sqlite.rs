@@ -122,6 +122,17 @@ enum Op {
     },
 }
 
+/// A connection to a database of the caller's, set up as the store's writer
+/// is: WAL, `synchronous=FULL`, a commit's WAL writes gathered into one system
+/// call, the writer's page cache. For the throughput bench's floor
+/// (`benches/floor.rs`), which is to pay per commit what the host's writer
+/// pays, no more.
+pub fn writer_connection(path: &std::path::Path) -> Result<Connection> {
+    let conn = schema::open_writer(path)?;
+    schema::shrink_writer_cache(&conn)?;
+    Ok(conn)
+}
+
 /// The embedded store's handle; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore {
