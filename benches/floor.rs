@@ -215,26 +215,16 @@ async fn deliver(relay: Arc<Relay>, delivery: i64, msg_id: String, body: Bytes) 
     });
 }
 
-/// `prefix` and a new ULID in lower case, in one allocation, as the host's ids.
-fn new_id(prefix: &str) -> String {
-    let mut ulid = [0u8; ulid::ULID_LEN];
-    let ulid = ulid::Ulid::new().array_to_str(&mut ulid);
-    ulid.make_ascii_lowercase();
-    let mut id = String::with_capacity(prefix.len() + ulid.len());
-    id.push_str(prefix);
-    id.push_str(ulid);
-    id
-}
-
 async fn ingest(State(relay): State<Arc<Relay>>, body: Bytes) -> (StatusCode, String) {
-    let event_id = new_id("evt_");
+    // The host's own ids.
+    let event_id = hookwasm::model::new_event_id();
     let answer = format!("{{\"id\":\"{event_id}\",\"deliveries\":1}}");
     let (done, stored) = oneshot::channel();
     relay
         .writer
         .send(Op::Ingest {
             event_id,
-            delivery_id: new_id("msg_"),
+            delivery_id: hookwasm::model::new_delivery_id(),
             body: body.clone(),
             done,
         })
