@@ -30,10 +30,9 @@ use std::sync::mpsc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
+use hookwasm::config::Secret;
+use hookwasm::model::now_ms;
 use rusqlite::params;
-use sha2::Sha256;
 use tokio::sync::{Semaphore, oneshot};
 
 /// What the writer thread is asked to write.
@@ -62,14 +61,7 @@ struct Relay {
     http: reqwest::Client,
     receiver: reqwest::Url,
     permits: Arc<Semaphore>,
-    key: Vec<u8>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    secret: Secret,
 }
 
 /// The writer thread: takes what is waiting, writes it in one transaction,
@@ -177,12 +169,12 @@ const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature
 async fn deliver(relay: Arc<Relay>, delivery: i64, msg_id: String, body: Bytes) {
     let _permit = relay.permits.acquire().await.unwrap();
     let timestamp = now_ms() / 1000;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&relay.key).unwrap();
-    mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
-    mac.update(&body);
-    let signature = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    // The host's own signing.
+    let signature = hookwasm::deliver::sign::sign(
+        std::slice::from_ref(&relay.secret),
+        &msg_id,
+        timestamp,
+        &body,
     );
     let mut request = reqwest::Request::new(reqwest::Method::POST, relay.receiver.clone());
     let headers = request.headers_mut();
@@ -194,7 +186,7 @@ async fn deliver(relay: Arc<Relay>, delivery: i64, msg_id: String, body: Bytes) 
     headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
     headers.insert(
         WEBHOOK_SIGNATURE,
-        HeaderValue::from_str(&signature).unwrap(),
+        HeaderValue::from_maybe_shared(Bytes::from(signature)).unwrap(),
     );
     *request.body_mut() = Some(body.into());
     let at = now_ms();
@@ -253,9 +245,7 @@ fn main() {
         .spawn(move || writer(&db, indexes, rx))
         .unwrap();
     let max_in_flight: usize = max_in_flight.parse().unwrap();
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap())
-        .unwrap();
+    let secret = Secret::parse(secret).unwrap();
     let relay = Arc::new(Relay {
         writer: tx,
         // The host's client settings (deliver/http.rs), its address guard
@@ -271,7 +261,7 @@ fn main() {
             .unwrap(),
         receiver: receiver.parse().unwrap(),
         permits: Arc::new(Semaphore::new(max_in_flight)),
-        key,
+        secret,
     });
     let app = axum::Router::new()
         .route("/v1/events", axum::routing::post(ingest))

@@ -432,9 +432,7 @@ async fn floor_run(
     let count = &seen.count;
     let warm = count.load(Ordering::SeqCst) + 2_000;
     post_all(&url, body, 2_000, concurrency).await;
-    while count.load(Ordering::SeqCst) < warm {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_received(count, warm, Instant::now(), "the floor's warm-up").await;
     let (before, signed_before) = (warm, seen.signed.load(Ordering::SeqCst));
     let pid = server.0.id();
     let (cpu_before, writer_before) = (cpu_of(pid), thread_cpu(pid, "store-writer"));
@@ -626,9 +624,8 @@ async fn main() {
     let first = hosts[0].id();
     let ingest = ingests[0].clone();
     post_all(&ingest, body, 2_000, concurrency).await; // warm-up
-    while count.load(Ordering::Relaxed) < 2_000 + light + n + 2_000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let total = 2_000 + light + n + 2_000;
+    until_received(count, total, Instant::now(), "hookwasm's warm-up").await;
     // The planner's statistics of the tables after the warm-up, as
     // autovacuum gathers them on a running installation within a minute or
     // so of its first thousands of events: without any, the claims' plans

@@ -262,8 +262,8 @@ async fn a_hanging_or_failing_client_does_not_hold_up_a_healthy_one() {
 }
 
 /// `max_in_flight` bounds the requests a receiver is answering at once, and is
-/// used whole. (A permit now comes back when the receiver has answered, before
-/// the outcome's commit; what that gains under load, the throughput bench shows.)
+/// used whole: a permit comes back once the receiver has answered, before the
+/// outcome's commit (what that gains under load, the throughput bench shows).
 #[tokio::test(flavor = "multi_thread")]
 async fn max_in_flight_bounds_the_requests_a_receiver_answers_at_once() {
     let recv = Receiver::start().await;
